@@ -1,0 +1,268 @@
+"""Drivers of the closed-form path: `fit` (EM), `infer_latents` and `predict`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..data import OutputData, PolluxData
+from ..models._checks import (
+    LATENTS,
+    check_data,
+    check_latents_shape,
+    check_params,
+    resolve_names,
+)
+from ..models.transforms import SCATTER
+from . import _em
+from ._blocks import Block, block_from_output, check_variance_defined
+from ._init import pca_latents
+from ._linear import affine_parts, is_affine
+from ._posterior import latent_posterior, outer_rows
+from ._results import FitResult, LatentPosterior
+
+if TYPE_CHECKING:
+    from ..models.lux import LuxModel
+
+_CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
+
+
+def _require_affine(model: LuxModel, names: tuple[str, ...], call: str) -> None:
+    for name in names:
+        t = model.outputs[name]
+        if not is_affine(t):
+            msg = (
+                f"{call}: output {name!r} uses {type(t).__name__}, which is not "
+                "linear in the latents; the closed-form path handles LinearTransform "
+                "and AffineTransform. Use LuxModel.optimize (numpyro MAP) instead."
+            )
+            raise ValueError(msg)
+
+
+def _blocks(model, data, names, fixed, call) -> tuple[Block, ...]:
+    blocks = []
+    for name in names:
+        block = block_from_output(data[name])
+        t = model.outputs[name]
+        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
+        check_variance_defined(
+            block, name, has_scatter, data[name].err is not None, call
+        )
+        blocks.append(block)
+    return tuple(blocks)
+
+
+def fit_em(
+    model: LuxModel,
+    data: PolluxData,
+    *,
+    fixed_params: dict | None,
+    names: Any,
+    max_iter: int,
+    tol: float,
+    progress: bool,
+) -> FitResult:
+    call = "LuxModel.fit"
+    data = check_data(data, call)
+    names = resolve_names(model, names, call, data.names)
+    _require_affine(model, names, call)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        msg = f"{call}(max_iter=...): expected a positive int, got {max_iter!r}"
+        raise ValueError(msg)
+    if not (isinstance(tol, (int, float)) and tol >= 0):
+        msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
+        raise ValueError(msg)
+    n, k = len(data), model.latent_size
+    fixed = check_params(model, fixed_params, n, call)
+    blocks = _blocks(model, data, names, fixed, call)
+    dtype = blocks[0].y.dtype
+    fixed_latents = fixed.get(LATENTS)
+    if fixed_latents is not None:
+        fixed_latents = fixed_latents.astype(dtype)
+
+    specs, priors, ridges, params = [], [], [], []
+    for name, block in zip(names, blocks, strict=True):
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        shapes = t.param_shapes(k, n)
+        expanded = t.expanded_priors(k, n)
+        has_b = "b" in shapes
+        s_prior = t.scatter_prior
+        has_s = s_prior is not None or SCATTER in fx
+        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
+        spec = _em.OutputSpec(
+            has_b=has_b,
+            A_free="A" not in fx,
+            b_free=has_b and "b" not in fx,
+            s_kind="none" if not has_s else ("scalar" if s_shape == () else "vector"),
+            s_free=s_prior is not None and SCATTER not in fx,
+        )
+        ridge = {
+            p: _em.ridge_from_prior(
+                expanded[p], shapes[p], f"{call}: prior of {name!r} parameter {p!r}"
+            )
+            for p in ("A", "b")
+            if p in shapes and p not in fx
+        }
+        ridge = jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge)
+        pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
+        if s_prior is not None:
+            pr[SCATTER] = s_prior
+        d = t.output_size
+        p0 = {
+            "A": fx.get("A", jnp.zeros((d, k), dtype)).astype(dtype),
+            "b": fx.get("b", jnp.zeros(d, dtype)).astype(dtype),
+        }
+        if has_s:
+            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        specs.append(spec)
+        priors.append(pr)
+        ridges.append(ridge)
+        params.append(p0)
+    specs = tuple(specs)
+
+    # Deterministic start: regress each free output on PCA (or the fixed) latents.
+    if any(s.A_free for s in specs):
+        z0 = fixed_latents if fixed_latents is not None else pca_latents(blocks, k)
+        params = [
+            _em.initial_affine(spec, block, z0, p, pr, ridge) if spec.A_free else p
+            for spec, block, p, pr, ridge in zip(
+                specs, blocks, params, priors, ridges, strict=True
+            )
+        ]
+    params = tuple(params)
+    priors, ridges = tuple(priors), tuple(ridges)
+
+    losses: list[np.ndarray] = []
+    n_iter, converged = 0, False
+    with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
+        while n_iter < max_iter:
+            steps = min(_CHUNK, max_iter - n_iter)
+            params, chunk_losses = _em.em_chunk(
+                specs, params, blocks, priors, ridges, fixed_latents, steps
+            )
+            losses.append(np.asarray(chunk_losses))
+            n_iter += steps
+            bar.update(steps)
+            history = np.concatenate(losses)
+            if not np.all(np.isfinite(history)):
+                msg = (
+                    f"{call}: the objective became non-finite at iteration "
+                    f"{int(np.argmax(~np.isfinite(history)))}; check the data scale "
+                    "(preprocess it) and the priors"
+                )
+                raise FloatingPointError(msg)
+            if len(history) > 1:
+                change = abs(history[-2] - history[-1])
+                bar.set_postfix(loss=f"{history[-1]:.6g}")
+                if change <= tol * max(1.0, abs(history[-1])):
+                    converged = True
+                    break
+    post, final_loss = _em.final_state(specs, params, blocks, priors, fixed_latents)
+    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
+
+    out: dict[str, Any] = {key: dict(val) for key, val in fixed.items() if key != LATENTS}
+    for name, spec, p in zip(names, specs, params, strict=True):
+        entry = {"A": p["A"]}
+        if spec.has_b:
+            entry["b"] = p["b"]
+        if spec.s_kind != "none":
+            entry[SCATTER] = p[SCATTER]
+        out[name] = entry
+    if fixed_latents is not None:
+        out[LATENTS] = fixed_latents
+        cov = jnp.zeros((n, k, k), dtype)
+    else:
+        out[LATENTS] = post.mean
+        cov = post.cov
+    return FitResult(
+        params=out,
+        posterior=LatentPosterior(post.mean, cov),
+        losses=all_losses,
+        n_iter=n_iter,
+        converged=converged,
+    )
+
+
+def _affine_params(model, params, names, call):
+    """``(W, b, s²)`` per output from a checked nested parameter dict."""
+    Ws, bs, s2s = [], [], []
+    for name in names:
+        t = model.outputs[name]
+        p = params[name]
+        if t.scatter_prior is not None and SCATTER not in p:
+            msg = (
+                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
+                f"but params[{name!r}] has no 's'"
+            )
+            raise ValueError(msg)
+        W, b = affine_parts(t, p)
+        Ws.append(W)
+        bs.append(b)
+        s2s.append(jnp.square(p[SCATTER]) if SCATTER in p else jnp.zeros(()))
+    return tuple(Ws), tuple(bs), tuple(s2s)
+
+
+@jax.jit
+def _posterior_kernel(blocks, Ws, bs, s2s):
+    post = latent_posterior(blocks, Ws, bs, s2s)
+    return post.mean, post.cov
+
+
+def infer_latents(
+    model: LuxModel, data: PolluxData, params: dict, names: Any
+) -> LatentPosterior:
+    call = "LuxModel.infer_latents"
+    data = check_data(data, call)
+    names = resolve_names(model, names, call, data.names)
+    _require_affine(model, names, call)
+    params = check_params(model, params, len(data), call, "params", required=names)
+    blocks = _blocks(model, data, names, params, call)
+    dtype = blocks[0].y.dtype
+    Ws, bs, s2s = jax.tree.map(
+        lambda a: jnp.asarray(a, dtype), _affine_params(model, params, names, call)
+    )
+    mean, cov = _posterior_kernel(blocks, Ws, bs, s2s)
+    return LatentPosterior(mean, cov)
+
+
+@jax.jit
+def _predict_kernel(mean, cov, W, b, s2):
+    n = mean.shape[0]
+    var = cov.reshape(n, -1) @ outer_rows(W).T + s2
+    return mean @ W.T + b, jnp.sqrt(var)
+
+
+def predict(
+    model: LuxModel, posterior: LatentPosterior, params: dict, names: Any
+) -> PolluxData:
+    call = "LuxModel.predict"
+    if not isinstance(posterior, LatentPosterior):
+        msg = (
+            f"{call}(posterior=...): expected a LatentPosterior (from "
+            f"LuxModel.infer_latents or LuxModel.fit), got {type(posterior).__name__}"
+        )
+        raise TypeError(msg)
+    check_latents_shape(model, posterior.mean, None, f"{call}(posterior.mean)")
+    if names is None:
+        if not isinstance(params, dict):
+            msg = f"{call}(params=...): expected a dict like {{'label': {{'A': ...}}}}"
+            raise TypeError(msg)
+        names = [n for n in model.outputs if n in params]
+    names = resolve_names(model, names, call)
+    _require_affine(model, names, call)
+    params = check_params(model, params, None, call, "params", required=names)
+    out = {}
+    for name, W, b, s2 in zip(
+        names, *_affine_params(model, params, names, call), strict=True
+    ):
+        dtype = posterior.mean.dtype
+        mean, err = _predict_kernel(
+            posterior.mean, posterior.cov, W.astype(dtype), b.astype(dtype), s2
+        )
+        out[name] = OutputData(mean, err=err, preprocessed=True)
+    return PolluxData(**out)

@@ -1,0 +1,304 @@
+r"""Closed-form EM for outputs affine in the latents (heteroscedastic factor analysis).
+
+One iteration, for parameters :math:`\theta = \{W_o, b_o, s_o\}`:
+
+1. **E-step** — the exact Gaussian posterior :math:`(\mu_n, \Sigma_n)` of every star's
+   latents (`latent_posterior`), which also yields the objective
+   :math:`-\log p(y\mid\theta) - \log p(\theta)` at the current :math:`\theta`.
+2. **M-step** for :math:`(W_o, b_o)` — for each output dimension :math:`d` a ridge
+   solve with the expected sufficient statistics
+   :math:`\sum_n \lambda_{nd} E[\tilde z_n \tilde z_n^\top]` (a :math:`(D{\times}N)
+   \cdot (N{\times}K^2)` product) and :math:`\sum_n \lambda_{nd} y_{nd} E[\tilde z_n]`,
+   :math:`\tilde z = (z, 1)`; a Normal(m, τ) prior adds :math:`1/τ^2` to the diagonal.
+3. **s-step** — each extra scatter maximises, on :math:`t = s^2 \ge 0`,
+   :math:`\sum_n m_{nd}[-\tfrac12\log(\sigma_{nd}^2+t) - \tfrac12 e_{nd}/(\sigma_{nd}^2+t)]
+   + \log p(\sqrt t)` with :math:`e_{nd} = (y_{nd}-W_d\mu_n-b_d)^2 + W_d^\top\Sigma_n W_d`,
+   by safeguarded Newton steps that are only accepted when they improve it.
+
+Every step maximises the expected complete-data log posterior given the previous
+steps, so the objective never increases (generalised EM).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from jaxtyping import Array, Float
+
+from ._blocks import Block, gaussian_loglike
+from ._posterior import PosteriorStats, latent_posterior, outer_rows, precisions
+
+__all__ = ["OutputSpec", "em_chunk", "ridge_from_prior", "s_step"]
+
+_NEWTON_ITERS = 8
+_STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.01)
+
+
+class OutputSpec(NamedTuple):
+    """Static description of one output on the closed-form path."""
+
+    has_b: bool
+    A_free: bool
+    b_free: bool
+    s_kind: str  # "none", "scalar" or "vector"
+    s_free: bool
+
+
+def ridge_from_prior(
+    prior: dist.Distribution, shape: tuple[int, ...], where: str
+) -> tuple[Array, Array]:
+    """``(loc, precision)`` arrays of ``shape`` for a Normal or flat prior.
+
+    Raises a `ValueError` naming ``where`` for any other prior.
+    """
+    base = prior
+    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+        base = base.base_dist
+    if isinstance(base, dist.Normal):
+        loc = jnp.broadcast_to(base.loc, shape)
+        prec = jnp.broadcast_to(1.0 / jnp.square(base.scale), shape)
+        return loc, prec
+    if isinstance(base, dist.ImproperUniform) and base.support is dist.constraints.real:
+        return jnp.zeros(shape), jnp.zeros(shape)
+    msg = (
+        f"{where}: the closed-form fit supports Normal or ImproperUniform(real) "
+        f"priors on transform parameters, got {type(base).__name__}. Use "
+        "LuxModel.optimize (numpyro MAP) for this prior."
+    )
+    raise ValueError(msg)
+
+
+def _second_moments(
+    mean: Float[Array, "n k"], cov: Float[Array, "n k k"] | None, with_one: bool
+) -> tuple[Float[Array, "n kt"], Float[Array, "n kt kt"]]:
+    """``E[z̃]`` and ``E[z̃ z̃ᵀ]`` with ``z̃ = (z, 1)`` when ``with_one``."""
+    second = mean[:, :, None] * mean[:, None, :]
+    if cov is not None:
+        second = second + cov
+    if not with_one:
+        return mean, second
+    n = mean.shape[0]
+    ones = jnp.ones((n, 1), mean.dtype)
+    first = jnp.concatenate([mean, ones], axis=1)
+    top = jnp.concatenate([second, mean[:, :, None]], axis=2)
+    bottom = jnp.concatenate([mean, ones], axis=1)[:, None, :]
+    return first, jnp.concatenate([top, bottom], axis=1)
+
+
+def _ridge_solve(G: Array, c: Array) -> Array:
+    """Batched SPD solve ``G x = c`` with a negligible jitter for empty rows."""
+    k = G.shape[-1]
+    scale = jnp.trace(G, axis1=-2, axis2=-1)[:, None, None] / k
+    jitter = jnp.finfo(G.dtype).eps * (scale + 1.0) * jnp.eye(k, dtype=G.dtype)
+    L = jnp.linalg.cholesky(G + jitter)
+    return jax.scipy.linalg.cho_solve((L, True), c[..., None])[..., 0]
+
+
+def m_step_affine(
+    spec: OutputSpec,
+    block: Block,
+    lam: Float[Array, "n d"],
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    W: Float[Array, "d k"],
+    b: Float[Array, " d"],
+    ridge: dict[str, tuple[Array, Array]],
+) -> tuple[Array, Array]:
+    """Maximise the expected log posterior over ``W`` and/or ``b`` (others fixed)."""
+    n, k = mean.shape
+    d = W.shape[0]
+    solve_b = spec.has_b and spec.b_free
+    if spec.A_free:
+        first, second = _second_moments(mean, cov, with_one=solve_b)
+        kt = first.shape[1]
+        y = block.y if solve_b else jnp.where(block.mask, block.y - b, 0.0)
+        G = (lam.T @ second.reshape(n, kt * kt)).reshape(d, kt, kt)
+        c = (lam * y).T @ first
+        A_loc, A_prec = ridge["A"]
+        if solve_b:
+            b_loc, b_prec = ridge["b"]
+            prec = jnp.concatenate([A_prec, b_prec[:, None]], axis=1)
+            loc = jnp.concatenate([A_loc, b_loc[:, None]], axis=1)
+        else:
+            prec, loc = A_prec, A_loc
+        G = G + jax.vmap(jnp.diag)(prec)
+        sol = _ridge_solve(G, c + prec * loc)
+        return (sol[:, :k], sol[:, k]) if solve_b else (sol, b)
+    if solve_b:
+        b_loc, b_prec = ridge["b"]
+        r = jnp.where(block.mask, block.y - mean @ W.T, 0.0)
+        b = (jnp.sum(lam * r, axis=0) + b_prec * b_loc) / (jnp.sum(lam, axis=0) + b_prec)
+    return W, b
+
+
+def _expected_sq_resid(
+    block: Block,
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    W: Float[Array, "d k"],
+    b: Float[Array, " d"],
+) -> Float[Array, "n d"]:
+    r = jnp.where(block.mask, block.y - mean @ W.T - b, 0.0)
+    e = r**2
+    if cov is not None:
+        n = mean.shape[0]
+        e = e + cov.reshape(n, -1) @ outer_rows(W).T
+    return jnp.where(block.mask, e, 0.0)
+
+
+def s_step(
+    block: Block,
+    e: Float[Array, "n d"],
+    s: Array,
+    prior: dist.Distribution,
+    scalar: bool,
+) -> Array:
+    """Improve ``s`` for fixed expected squared residuals ``e`` (never worse)."""
+    mask = block.mask
+    n_obs = jnp.sum(mask)
+    mean_e = jnp.sum(e) / jnp.maximum(n_obs, 1)
+    t_min = 1e-12 * (mean_e + 1.0)
+
+    def objective(t):
+        var = jnp.where(mask, block.err2 + t, 1.0)
+        terms = jnp.where(mask, -0.5 * (jnp.log(var) + e / var), 0.0)
+        ll = jnp.sum(terms) if scalar else jnp.sum(terms, axis=0)
+        return ll + prior.log_prob(jnp.sqrt(jnp.maximum(t, t_min)))
+
+    grad = jax.grad(lambda t: jnp.sum(objective(t)))
+    hess = jax.grad(lambda t: jnp.sum(grad(t)))
+    scale = mean_e + jnp.sum(block.err2) / jnp.maximum(n_obs, 1)
+
+    def newton(_, t):
+        g, h = grad(t), hess(t)
+        ascent = jnp.where(g > 0, t + scale, -t)
+        step = jnp.where(h < 0, -g / jnp.where(h < 0, h, -1.0), ascent)
+        f0 = objective(t)
+
+        def try_fraction(carry, frac):
+            t_best, f_best = carry
+            tc = jnp.maximum(t + frac * step, t_min)
+            fc = objective(tc)
+            better = fc > f_best
+            return (jnp.where(better, tc, t_best), jnp.where(better, fc, f_best)), None
+
+        (t_new, _), _ = jax.lax.scan(
+            try_fraction, (t, f0), jnp.asarray(_STEP_FRACTIONS, t.dtype)
+        )
+        return t_new
+
+    t = jnp.maximum(jnp.square(s), t_min)
+    t = jax.lax.fori_loop(0, _NEWTON_ITERS, newton, t)
+    return jnp.sqrt(t)
+
+
+def _neg_log_prior(
+    specs: tuple[OutputSpec, ...], params: tuple[dict, ...], priors: tuple[dict, ...]
+) -> Array:
+    total = jnp.zeros(())
+    for spec, p, pr in zip(specs, params, priors, strict=True):
+        free = [("A", spec.A_free), ("b", spec.has_b and spec.b_free)]
+        free.append(("s", spec.s_kind != "none" and spec.s_free))
+        for name, is_free in free:
+            if is_free:
+                total = total - jnp.sum(pr[name].log_prob(p[name]))
+    return total
+
+
+def _s2(spec: OutputSpec, p: dict) -> Array:
+    return jnp.square(p["s"]) if spec.s_kind != "none" else jnp.zeros(())
+
+
+def evaluate(
+    specs: tuple[OutputSpec, ...],
+    params: tuple[dict, ...],
+    blocks: tuple[Block, ...],
+    fixed_latents: Array | None,
+) -> tuple[PosteriorStats, Array]:
+    """Latent posterior (or the fixed latents) and the data term of the objective."""
+    if fixed_latents is None:
+        post = latent_posterior(
+            blocks,
+            tuple(p["A"] for p in params),
+            tuple(p["b"] for p in params),
+            tuple(_s2(spec, p) for spec, p in zip(specs, params, strict=True)),
+        )
+        return post, post.neg_log_marginal
+    nll = jnp.zeros(())
+    for spec, p, block in zip(specs, params, blocks, strict=True):
+        pred = fixed_latents @ p["A"].T + p["b"]
+        s = p["s"] if spec.s_kind != "none" else None
+        nll = nll - gaussian_loglike(block, pred, s)
+    return PosteriorStats(fixed_latents, None, nll), nll
+
+
+def em_iteration(specs, params, blocks, priors, ridges, fixed_latents):
+    """One EM sweep: returns the new parameters and the objective at the old ones."""
+    post, nll = evaluate(specs, params, blocks, fixed_latents)
+    loss = nll + _neg_log_prior(specs, params, priors)
+    new_params = []
+    for spec, p, block, pr, ridge in zip(
+        specs, params, blocks, priors, ridges, strict=True
+    ):
+        lam = precisions(block, _s2(spec, p))
+        W, b = m_step_affine(spec, block, lam, post.mean, post.cov, p["A"], p["b"], ridge)
+        q = dict(p, A=W, b=b)
+        if spec.s_kind != "none" and spec.s_free:
+            e = _expected_sq_resid(block, post.mean, post.cov, W, b)
+            q["s"] = s_step(block, e, p["s"], pr["s"], scalar=spec.s_kind == "scalar")
+        new_params.append(q)
+    return tuple(new_params), loss
+
+
+@partial(jax.jit, static_argnames=("specs", "n_steps"))
+def em_chunk(
+    specs: tuple[OutputSpec, ...],
+    params: tuple[dict, ...],
+    blocks: tuple[Block, ...],
+    priors: tuple[dict, ...],
+    ridges: tuple[dict, ...],
+    fixed_latents: Array | None,
+    n_steps: int,
+) -> tuple[tuple[dict, ...], Array]:
+    """``n_steps`` EM iterations in one compiled loop; returns params and losses."""
+
+    def body(p, _):
+        return em_iteration(specs, p, blocks, priors, ridges, fixed_latents)
+
+    return jax.lax.scan(body, params, None, length=n_steps)
+
+
+@partial(jax.jit, static_argnames=("specs",))
+def final_state(
+    specs: tuple[OutputSpec, ...],
+    params: tuple[dict, ...],
+    blocks: tuple[Block, ...],
+    priors: tuple[dict, ...],
+    fixed_latents: Array | None,
+) -> tuple[PosteriorStats, Array]:
+    """Posterior and objective at the final parameters."""
+    post, nll = evaluate(specs, params, blocks, fixed_latents)
+    return post, nll + _neg_log_prior(specs, params, priors)
+
+
+def initial_affine(
+    spec: OutputSpec,
+    block: Block,
+    latents: Float[Array, "n k"],
+    p: dict[str, Any],
+    priors: dict[str, dist.Distribution],
+    ridge: dict[str, tuple[Array, Array]],
+) -> dict[str, Any]:
+    """Start values: unweighted regression of one output on given latents, then
+    the scatter that the residuals call for."""
+    lam = block.mask.astype(block.y.dtype)
+    W, b = m_step_affine(spec, block, lam, latents, None, p["A"], p["b"], ridge)
+    q = dict(p, A=W, b=b)
+    if spec.s_kind != "none" and spec.s_free:
+        e = _expected_sq_resid(block, latents, None, W, b)
+        q["s"] = s_step(block, e, p["s"], priors["s"], scalar=spec.s_kind == "scalar")
+    return q

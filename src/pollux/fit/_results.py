@@ -1,0 +1,60 @@
+"""Immutable results of the closed-form path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import equinox as eqx
+from jaxtyping import Array, Float
+
+__all__ = ["FitResult", "LatentPosterior"]
+
+
+class LatentPosterior(eqx.Module):
+    """Gaussian posterior of each star's latents: ``mean`` (N, K), ``cov`` (N, K, K)."""
+
+    mean: Float[Array, "n_stars k"]
+    cov: Float[Array, "n_stars k k"]
+
+    def __check_init__(self):
+        n, k = self.mean.shape
+        if self.cov.shape != (n, k, k):
+            msg = (
+                f"LatentPosterior: cov must have shape ({n}, {k}, {k}) to match "
+                f"mean {self.mean.shape}, got {self.cov.shape}"
+            )
+            raise ValueError(msg)
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+    def __getitem__(self, index: Any) -> LatentPosterior:
+        return LatentPosterior(self.mean[index], self.cov[index])
+
+
+class FitResult(eqx.Module):
+    """Outcome of `LuxModel.fit`.
+
+    Attributes
+    ----------
+    params
+        Nested parameters ``{output: {name: array}, "latents": (N, K)}`` (the
+        latents are the posterior means), the same layout as `LuxModel.optimize`.
+    posterior
+        The latent posterior at the final parameters.
+    losses
+        Objective before each iteration and, last, at the returned parameters:
+        negative log marginal likelihood plus negative log prior of the free
+        parameters (with fixed latents: negative log likelihood plus prior).
+        EM never increases it.
+    n_iter
+        Number of EM iterations run.
+    converged
+        Whether the relative change of the objective fell below ``tol``.
+    """
+
+    params: dict[str, Any]
+    posterior: LatentPosterior
+    losses: Float[Array, " n"]
+    n_iter: int = eqx.field(static=True)
+    converged: bool = eqx.field(static=True)

@@ -1,0 +1,196 @@
+"""MAP estimation with numpyro: the Lux model as a numpyro model, AutoDelta + SVI."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+import numpyro.optim
+from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.autoguide import AutoDelta
+from numpyro.infer.initialization import init_to_median
+
+from ..data import PolluxData
+from ..models._checks import LATENTS, check_data, check_params, resolve_names
+from ..models.transforms import SCATTER, expand_prior
+from . import _em
+from ._blocks import Block, gaussian_loglike
+from ._closed_form import _affine_params, _blocks, _posterior_kernel
+from ._init import pca_latents
+from ._linear import is_affine
+
+if TYPE_CHECKING:
+    from ..models.lux import LuxModel
+
+
+def site_name(output: str, param: str) -> str:
+    """numpyro site name of an output's parameter."""
+    return f"{output}:{param}"
+
+
+def latent_prior_dist(latent_prior: Any, n: int, k: int, call: str):
+    if latent_prior is None:
+        return dist.Normal(0.0, 1.0).expand((n, k)).to_event(2)
+    if latent_prior is False:
+        return dist.ImproperUniform(dist.constraints.real, (), (n, k))
+    if isinstance(latent_prior, dist.Distribution):
+        return expand_prior(latent_prior, (n, k), f"{call}(latent_prior=...)")
+    msg = (
+        f"{call}(latent_prior=...): expected a numpyro distribution, None (unit "
+        f"Normal) or False (flat), got {latent_prior!r}"
+    )
+    raise TypeError(msg)
+
+
+def lux_numpyro_model(
+    model: LuxModel,
+    names: tuple[str, ...],
+    blocks: dict[str, Block],
+    fixed: dict[str, Any],
+    latent_dist: dist.Distribution,
+    n: int,
+) -> None:
+    """The Lux model: latents, transform parameters, masked Gaussian likelihoods."""
+    k = model.latent_size
+    if LATENTS in fixed:
+        z = fixed[LATENTS]
+    else:
+        z = numpyro.sample(LATENTS, latent_dist)
+    for name in names:
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        params = {
+            p: fx[p] if p in fx else numpyro.sample(site_name(name, p), prior)
+            for p, prior in t.expanded_priors(k, n).items()
+        }
+        params.update({p: v for p, v in fx.items() if p not in params})
+        s = params.pop(SCATTER, None)
+        pred = t.apply(z, **params)
+        numpyro.factor(f"{name}:loglike", gaussian_loglike(blocks[name], pred, s))
+
+
+def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, Any]:
+    """Deterministic start values for the free sites the closed form can give."""
+    k = model.latent_size
+    values: dict[str, Any] = {}
+    block_list = tuple(blocks[name] for name in names)
+    dtype = block_list[0].y.dtype
+    transforms_fixed = all(
+        is_affine(model.outputs[n_])
+        and all(p in fixed.get(n_, {}) for p in model.outputs[n_].param_shapes(k, n))
+        for n_ in names
+    )
+    if LATENTS in fixed:
+        z = fixed[LATENTS]
+    elif transforms_fixed:
+        # Apply mode: start at the exact posterior mean given the fixed transforms.
+        sub = {n_: fixed[n_] for n_ in names}
+        Ws, bs, s2s = _affine_params(model, sub, names, "LuxModel.optimize")
+        z, _ = _posterior_kernel(block_list, *jax.tree.map(
+            lambda a: jnp.asarray(a, dtype), (Ws, bs, s2s)))
+        values[LATENTS] = z
+    else:
+        z = pca_latents(block_list, k)
+        values[LATENTS] = z
+    if LATENTS in values and not bool(latent_dist.support.check(values[LATENTS]).all()):
+        values.pop(LATENTS)
+    for name, block in zip(names, block_list, strict=True):
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        if not is_affine(t) or "A" in fx:
+            continue
+        shapes = t.param_shapes(k, n)
+        spec = _em.OutputSpec(
+            has_b="b" in shapes, A_free=True, b_free="b" not in fx,
+            s_kind="none", s_free=False,
+        )
+        d = t.output_size
+        zero = (jnp.zeros((d,)), jnp.zeros((d,)))
+        ridge = {"A": (jnp.zeros((d, k)), jnp.zeros((d, k))), "b": zero}
+        p0 = {"A": jnp.zeros((d, k), dtype), "b": fx.get("b", jnp.zeros(d, dtype))}
+        p = _em.initial_affine(spec, block, jnp.asarray(z, dtype), p0, {}, ridge)
+        values[site_name(name, "A")] = p["A"]
+        if spec.has_b and spec.b_free:
+            values[site_name(name, "b")] = p["b"]
+        if SCATTER in shapes and SCATTER not in fx:
+            pred = jnp.asarray(z, dtype) @ p["A"].T + p["b"]
+            r2 = jnp.where(block.mask, (block.y - pred) ** 2 - block.err2, 0.0)
+            count = jnp.maximum(jnp.sum(block.mask, axis=0), 1)
+            s = jnp.sqrt(jnp.maximum(jnp.sum(r2, axis=0) / count, 1e-4))
+            if shapes[SCATTER] == ():
+                s = jnp.sqrt(jnp.mean(s**2))
+            if bool(jnp.all(t.scatter_prior.support.check(s))):
+                values[site_name(name, SCATTER)] = s
+    return values
+
+
+def _init_from_values(site=None, values=None):
+    """numpyro init strategy: given start values, else the prior median."""
+    if site is None:
+        return partial(_init_from_values, values=values)
+    if site["name"] in values:
+        return values[site["name"]]
+    return init_to_median(site)
+
+
+def optimize_map(
+    model: LuxModel,
+    data: PolluxData,
+    num_steps: int,
+    rng_key: Any,
+    optimizer: Any = None,
+    fixed_params: dict | None = None,
+    names: Any = None,
+    latent_prior: Any = None,
+    svi_run_kwargs: dict | None = None,
+):
+    call = "LuxModel.optimize"
+    data = check_data(data, call)
+    names = resolve_names(model, names, call, data.names)
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+        msg = f"{call}(num_steps=...): expected a positive int, got {num_steps!r}"
+        raise ValueError(msg)
+    if isinstance(rng_key, int) and not isinstance(rng_key, bool):
+        rng_key = jax.random.PRNGKey(rng_key)
+    elif not (hasattr(rng_key, "shape") and hasattr(rng_key, "dtype")):
+        msg = (
+            f"{call}(rng_key=...): expected a key from jax.random.PRNGKey(seed) (or "
+            f"an int seed), got {type(rng_key).__name__}"
+        )
+        raise TypeError(msg)
+    if optimizer is None:
+        optimizer = numpyro.optim.Adam(1e-3)
+    if svi_run_kwargs is None:
+        svi_run_kwargs = {}
+    if not isinstance(svi_run_kwargs, dict):
+        msg = f"{call}(svi_run_kwargs=...): expected a dict, got {svi_run_kwargs!r}"
+        raise TypeError(msg)
+    n, k = len(data), model.latent_size
+    fixed = check_params(model, fixed_params, n, call)
+    latent_dist = latent_prior_dist(latent_prior, n, k, call)
+    block_list = _blocks(model, data, names, fixed, call)
+    blocks = dict(zip(names, block_list, strict=True))
+    dtype = block_list[0].y.dtype
+    fixed = jax.tree.map(lambda a: jnp.asarray(a, dtype), fixed)
+
+    values = _initial_values(model, names, blocks, fixed, latent_dist, n)
+    guide = AutoDelta(lux_numpyro_model, init_loc_fn=partial(_init_from_values, values=values))
+    svi = SVI(lux_numpyro_model, guide, optimizer, Trace_ELBO())
+    args = (model, names, blocks, fixed, latent_dist, n)
+    result = svi.run(rng_key, num_steps, *args, **svi_run_kwargs)
+    found = guide.median(result.params)
+
+    params: dict[str, Any] = {key: dict(v) for key, v in fixed.items() if key != LATENTS}
+    if LATENTS in fixed:
+        params[LATENTS] = fixed[LATENTS]
+    for site, value in found.items():
+        if site == LATENTS:
+            params[LATENTS] = value
+            continue
+        output, _, pname = site.partition(":")
+        params.setdefault(output, {})[pname] = value
+    return params, result

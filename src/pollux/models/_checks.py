@@ -1,0 +1,170 @@
+"""Argument checks shared by the LuxModel entry points (run before any tracing)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..data import PolluxData
+
+if TYPE_CHECKING:
+    from .lux import LuxModel
+
+LATENTS = "latents"
+RESERVED = frozenset({LATENTS})
+
+
+def check_data(data: Any, call: str) -> PolluxData:
+    if not isinstance(data, PolluxData):
+        msg = f"{call}(data=...): expected a PolluxData, got {type(data).__name__}"
+        raise TypeError(msg)
+    return data
+
+
+def check_registered(model: LuxModel, call: str) -> None:
+    if not model.outputs:
+        msg = (
+            f"{call}: the model has no outputs; call "
+            "model.register_output(name, transform) first"
+        )
+        raise ValueError(msg)
+
+
+def resolve_names(
+    model: LuxModel,
+    names: str | Iterable[str] | None,
+    call: str,
+    available: Iterable[str] | None = None,
+) -> tuple[str, ...]:
+    """The outputs to use: ``names`` checked, or all registered ones available."""
+    check_registered(model, call)
+    available = None if available is None else tuple(available)
+    if names is None:
+        chosen = tuple(
+            n for n in model.outputs if available is None or n in available
+        )
+        if not chosen:
+            msg = (
+                f"{call}: the data holds none of the model's outputs "
+                f"{list(model.outputs)} (data has {list(available or ())})"
+            )
+            raise ValueError(msg)
+        return chosen
+    if isinstance(names, str):
+        names = (names,)
+    chosen = tuple(names)
+    if not chosen:
+        msg = f"{call}(names=...): give at least one output name"
+        raise ValueError(msg)
+    for name in chosen:
+        if name not in model.outputs:
+            msg = (
+                f"{call}(names=...): {name!r} is not a registered output; "
+                f"registered outputs are {list(model.outputs)}"
+            )
+            raise ValueError(msg)
+        if available is not None and name not in available:
+            msg = (
+                f"{call}(names=...): the data has no output {name!r} "
+                f"(data has {list(available)})"
+            )
+            raise ValueError(msg)
+    return chosen
+
+
+def _as_param_array(value: Any, where: str) -> jnp.ndarray:
+    try:
+        arr = np.asarray(value)
+    except Exception as err:  # pragma: no cover - exotic inputs
+        msg = f"{where}: expected an array, got {type(value).__name__}"
+        raise TypeError(msg) from err
+    if arr.dtype == object or not np.issubdtype(arr.dtype, np.number):
+        msg = f"{where}: expected a numeric array, got {type(value).__name__}"
+        raise TypeError(msg)
+    if not np.all(np.isfinite(arr)):
+        msg = f"{where}: values must be finite (found NaN or inf)"
+        raise ValueError(msg)
+    return jnp.asarray(value)
+
+
+def check_params(
+    model: LuxModel,
+    params: Any,
+    n_stars: int | None,
+    call: str,
+    arg: str = "fixed_params",
+    required: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Validate a (partial) nested parameter dict; returns arrays of checked shape.
+
+    ``required`` lists outputs whose transform parameters must all be present.
+    """
+    if params is None:
+        params = {}
+    if not isinstance(params, Mapping):
+        msg = f"{call}({arg}=...): expected a dict like {{'flux': {{'A': ...}}}}"
+        raise TypeError(msg)
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if key == LATENTS:
+            z = _as_param_array(value, f"{call}({arg}['latents'])")
+            check_latents_shape(model, z, n_stars, f"{call}({arg}['latents'])")
+            out[LATENTS] = z
+            continue
+        if key not in model.outputs:
+            msg = (
+                f"{call}({arg}=...): {key!r} is not a registered output; "
+                f"registered outputs are {list(model.outputs)} (and 'latents')"
+            )
+            raise ValueError(msg)
+        if not isinstance(value, Mapping):
+            msg = f"{call}({arg}[{key!r}]): expected a dict of parameter arrays"
+            raise TypeError(msg)
+        transform = model.outputs[key]
+        shapes = transform.param_shapes(model.latent_size, n_stars)
+        per_star = transform.per_star_params()
+        sub = {}
+        for pname, pval in value.items():
+            where = f"{call}({arg}[{key!r}][{pname!r}])"
+            if pname not in shapes:
+                msg = (
+                    f"{where}: {type(transform).__name__} for {key!r} has no "
+                    f"parameter {pname!r}; it has {sorted(shapes)}"
+                )
+                raise ValueError(msg)
+            arr = _as_param_array(pval, where)
+            if pname in per_star and n_stars is None:
+                n = arr.shape[0] if arr.ndim else None
+                expected = transform.param_shapes(model.latent_size, n)[pname]
+            else:
+                expected = shapes[pname]
+            if tuple(arr.shape) != tuple(expected):
+                msg = f"{where}: expected shape {expected}, got {tuple(arr.shape)}"
+                raise ValueError(msg)
+            sub[pname] = arr
+        out[key] = sub
+    for key in required:
+        transform = model.outputs[key]
+        missing = [p for p in transform.param_names if p not in out.get(key, {})]
+        if missing:
+            msg = f"{call}({arg}=...): output {key!r} is missing parameters {missing}"
+            raise ValueError(msg)
+    return out
+
+
+def check_latents_shape(
+    model: LuxModel, z: Any, n_stars: int | None, where: str
+) -> None:
+    shape = tuple(np.shape(z))
+    if len(shape) != 2 or shape[1] != model.latent_size:
+        msg = (
+            f"{where}: latents must have shape (n_stars, {model.latent_size}) "
+            f"(latent_size={model.latent_size}), got {shape}"
+        )
+        raise ValueError(msg)
+    if n_stars is not None and shape[0] != n_stars:
+        msg = f"{where}: latents are for {shape[0]} stars but the data has {n_stars}"
+        raise ValueError(msg)

@@ -1,0 +1,248 @@
+"""`LuxModel`: a registry of outputs over a shared latent space, and its fitting API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ..data import PolluxData
+from ._checks import RESERVED, check_latents_shape, check_params, resolve_names
+from .transforms import SCATTER, AbstractTransform
+
+__all__ = ["LuxModel"]
+
+
+class LuxModel:
+    r"""A Lux model: every output is a transform of each star's latent vector.
+
+    .. math::
+
+        y_{no} \sim \mathcal{N}\big(f_o(z_n; \theta_o),\ \sigma_{no}^2 + s_o^2\big),
+        \qquad z_n \sim \mathcal{N}(0, I_K)
+
+    Parameters
+    ----------
+    latent_size
+        Dimension ``K`` of the latent vector of each star.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pollux as plx
+    >>> from pollux.models.transforms import LinearTransform
+    >>> obs, truth = plx.datasets.make_simulated_linear_data(
+    ...     n_stars=200, n_latents=2, n_labels=2, n_flux=16, rng=0)
+    >>> data = plx.data.PolluxData(
+    ...     flux=plx.data.OutputData(obs["flux"], err=obs["flux_err"]),
+    ...     label=plx.data.OutputData(obs["label"], err=obs["label_err"]))
+    >>> model = plx.LuxModel(latent_size=2)
+    >>> model.register_output("flux", LinearTransform(output_size=16))
+    >>> model.register_output("label", LinearTransform(output_size=2))
+    >>> result = model.fit(data[:150], progress=False)
+    >>> post = model.infer_latents(data[150:], result.params, names=["flux"])
+    >>> pred = model.predict(post, result.params, names=["label"])
+    >>> pred["label"].shape
+    (50, 2)
+    """
+
+    def __init__(self, latent_size: int):
+        if isinstance(latent_size, bool) or not isinstance(latent_size, int):
+            msg = f"LuxModel(latent_size=...): expected a positive int, got {latent_size!r}"
+            raise TypeError(msg)
+        if latent_size < 1:
+            msg = f"LuxModel(latent_size=...): expected a positive int, got {latent_size}"
+            raise ValueError(msg)
+        self.latent_size = latent_size
+        self._outputs: dict[str, AbstractTransform] = {}
+
+    @property
+    def outputs(self) -> Mapping[str, AbstractTransform]:
+        """Registered outputs: name -> transform (read-only view)."""
+        return dict(self._outputs)
+
+    def __repr__(self) -> str:
+        outs = ", ".join(f"{k}: {type(v).__name__}" for k, v in self._outputs.items())
+        return f"LuxModel(latent_size={self.latent_size}, outputs={{{outs}}})"
+
+    def register_output(self, name: str, transform: AbstractTransform) -> None:
+        """Add an output generated from the latents by ``transform``."""
+        if not isinstance(name, str) or not name or ":" in name:
+            msg = (
+                "LuxModel.register_output(name=...): expected a non-empty string "
+                f"without ':', got {name!r}"
+            )
+            raise ValueError(msg)
+        if name in RESERVED:
+            msg = f"LuxModel.register_output(name=...): {name!r} is reserved"
+            raise ValueError(msg)
+        if name in self._outputs:
+            msg = f"LuxModel.register_output(): output {name!r} is already registered"
+            raise ValueError(msg)
+        if not isinstance(transform, AbstractTransform):
+            msg = (
+                "LuxModel.register_output(transform=...): expected a transform such "
+                f"as LinearTransform, got {type(transform).__name__}"
+            )
+            raise TypeError(msg)
+        transform.check_input_size(self.latent_size)
+        self._outputs[name] = transform
+
+    # Prediction ---------------------------------------------------------------
+    def predict_outputs(
+        self,
+        latents: Float[ArrayLike, "n_stars k"],
+        params: Mapping[str, Any],
+        names: str | Iterable[str] | None = None,
+    ) -> dict[str, Float[Array, "n_stars n_dim"]]:
+        """Evaluate the transforms at given latents (model units).
+
+        ``names=None`` predicts every output that has parameters in ``params``.
+        """
+        call = "LuxModel.predict_outputs"
+        z = jnp.asarray(latents)
+        check_latents_shape(self, z, None, f"{call}(latents=...)")
+        if names is None:
+            if not isinstance(params, Mapping):
+                msg = f"{call}(params=...): expected a dict like {{'flux': {{'A': ...}}}}"
+                raise TypeError(msg)
+            names = [n for n in self._outputs if n in params]
+        names = resolve_names(self, names, call)
+        n = z.shape[0]
+        checked = check_params(self, params, n, call, "params", required=names)
+        out = {}
+        for name in names:
+            p = {k: v for k, v in checked[name].items() if k != SCATTER}
+            out[name] = self._outputs[name].apply(z, **p)
+        return out
+
+    # Fitting ------------------------------------------------------------------
+    def optimize(
+        self,
+        data: PolluxData,
+        num_steps: int,
+        rng_key: Any,
+        optimizer: Any = None,
+        fixed_params: Mapping[str, Any] | None = None,
+        names: str | Iterable[str] | None = None,
+        latent_prior: Any = None,
+        svi_run_kwargs: dict | None = None,
+    ) -> tuple[dict[str, Any], Any]:
+        """Maximum a posteriori fit with numpyro (AutoDelta guide, SVI).
+
+        Parameters
+        ----------
+        data
+            Preprocessed `PolluxData`.
+        num_steps
+            Optimiser steps.
+        rng_key
+            ``jax.random.PRNGKey``.
+        optimizer
+            A ``numpyro.optim`` optimiser; default ``Adam(1e-3)``.
+        fixed_params
+            Parameters to hold fixed, nested like the result (e.g. the trained
+            transforms, to fit only new stars' latents).
+        names
+            Outputs to use in the likelihood (default: all registered ones the data
+            holds), e.g. ``["flux"]`` to infer latents from spectra alone.
+        latent_prior
+            A distribution for the latents, None (unit Normal) or False (flat).
+        svi_run_kwargs
+            Passed to ``numpyro.infer.SVI.run`` (e.g. ``{"progress_bar": False}``).
+
+        Returns
+        -------
+        params, svi_result
+            ``{output: {param: array}, "latents": (N, K)}`` (fixed ones included)
+            and numpyro's ``SVIRunResult`` (``.losses``).
+        """
+        from ..fit._svi import optimize_map
+
+        return optimize_map(
+            self,
+            data,
+            num_steps,
+            rng_key,
+            optimizer=optimizer,
+            fixed_params=fixed_params,
+            names=names,
+            latent_prior=latent_prior,
+            svi_run_kwargs=svi_run_kwargs,
+        )
+
+    def fit(
+        self,
+        data: PolluxData,
+        *,
+        fixed_params: Mapping[str, Any] | None = None,
+        names: str | Iterable[str] | None = None,
+        max_iter: int = 1000,
+        tol: float = 1e-9,
+        progress: bool = True,
+    ):
+        """Closed-form EM fit, latents marginalised (outputs affine in the latents).
+
+        Parameters
+        ----------
+        data
+            Preprocessed `PolluxData`.
+        fixed_params
+            Parameters held fixed (e.g. trained transforms; or ``"latents"``).
+        names
+            Outputs used (default: all registered ones the data holds).
+        max_iter, tol
+            Stop after ``max_iter`` iterations or once the objective changes by
+            less than ``tol`` relative to its size.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        FitResult
+            ``params`` (same layout as `optimize`), ``posterior``, ``losses``,
+            ``n_iter``, ``converged``.
+        """
+        from ..fit._closed_form import fit_em
+
+        return fit_em(
+            self,
+            data,
+            fixed_params=fixed_params,
+            names=names,
+            max_iter=max_iter,
+            tol=tol,
+            progress=progress,
+        )
+
+    def infer_latents(
+        self,
+        data: PolluxData,
+        params: Mapping[str, Any],
+        names: str | Iterable[str] | None = None,
+    ):
+        """Exact Gaussian posterior of each star's latents given fixed parameters.
+
+        Returns a `LatentPosterior` with ``mean`` (N, K) and ``cov`` (N, K, K).
+        """
+        from ..fit._closed_form import infer_latents
+
+        return infer_latents(self, data, params, names)
+
+    def predict(
+        self,
+        posterior: Any,
+        params: Mapping[str, Any],
+        names: str | Iterable[str] | None = None,
+    ) -> PolluxData:
+        """Predictive mean (``data``) and standard deviation (``err``) of outputs.
+
+        The latent covariance is propagated and the output's ``s`` added in
+        quadrature. Values are in model units: ``test.unprocess(pred)`` gives
+        physical values with errors.
+        """
+        from ..fit._closed_form import predict
+
+        return predict(self, posterior, params, names)
