@@ -125,18 +125,13 @@ def fit_em(
         params.append(p0)
     specs = tuple(specs)
 
-    # Deterministic start: regress each free output on PCA (or the fixed) latents.
+    params, priors, ridges = tuple(params), tuple(priors), tuple(ridges)
     if any(s.A_free for s in specs):
+        # Deterministic start: regress free outputs on PCA (or the fixed) latents.
         z0 = fixed_latents if fixed_latents is not None else pca_latents(blocks, k)
-        params = [
-            _em.initial_affine(spec, block, z0, p, pr, ridge) if spec.A_free else p
-            for spec, block, p, pr, ridge in zip(
-                specs, blocks, params, priors, ridges, strict=True
-            )
-        ]
-    params = tuple(params)
-    priors, ridges = tuple(priors), tuple(ridges)
+        params = _em.initialize(specs, params, blocks, priors, ridges, z0)
 
+    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
     losses: list[np.ndarray] = []
     n_iter, converged = 0, False
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
@@ -159,7 +154,7 @@ def fit_em(
             if len(history) > 1:
                 change = abs(history[-2] - history[-1])
                 bar.set_postfix(loss=f"{history[-1]:.6g}")
-                if change <= tol * max(1.0, abs(history[-1])):
+                if change <= tol * n_obs:
                     converged = True
                     break
     post, final_loss = _em.final_state(specs, params, blocks, priors, fixed_latents)

@@ -34,8 +34,6 @@ from ._posterior import PosteriorStats, latent_posterior, outer_rows, precisions
 
 __all__ = ["OutputSpec", "em_chunk", "ridge_from_prior", "s_step"]
 
-_NEWTON_ITERS = 8
-_STEP_FRACTIONS = (1.0, 0.5, 0.25, 0.1, 0.01)
 
 
 class OutputSpec(NamedTuple):
@@ -156,44 +154,60 @@ def s_step(
     s: Array,
     prior: dist.Distribution,
     scalar: bool,
+    n_newton: int = 1,
 ) -> Array:
-    """Improve ``s`` for fixed expected squared residuals ``e`` (never worse)."""
+    """Improve ``s`` for fixed expected squared residuals ``e`` (never worse).
+
+    Newton steps on ``t = s²`` (gradient steps where the objective is convex),
+    halved until they improve the objective; an unimproved entry keeps its value.
+    """
     mask = block.mask
-    n_obs = jnp.sum(mask)
-    mean_e = jnp.sum(e) / jnp.maximum(n_obs, 1)
+    n_obs = jnp.maximum(jnp.sum(mask), 1)
+    mean_e = jnp.sum(e) / n_obs
     t_min = 1e-12 * (mean_e + 1.0)
+    scale = mean_e + jnp.sum(block.err2) / n_obs
+    reduce = jnp.sum if scalar else partial(jnp.sum, axis=0)
+
+    def log_prior(t):
+        return prior.log_prob(jnp.sqrt(jnp.maximum(t, t_min)))
+
+    d_prior = jax.grad(lambda t: jnp.sum(log_prior(t)))
+    d2_prior = jax.grad(lambda t: jnp.sum(d_prior(t)))
 
     def objective(t):
-        var = jnp.where(mask, block.err2 + t, 1.0)
-        terms = jnp.where(mask, -0.5 * (jnp.log(var) + e / var), 0.0)
-        ll = jnp.sum(terms) if scalar else jnp.sum(terms, axis=0)
-        return ll + prior.log_prob(jnp.sqrt(jnp.maximum(t, t_min)))
+        v = jnp.where(mask, block.err2 + t, 1.0)
+        return reduce(jnp.where(mask, -0.5 * (jnp.log(v) + e / v), 0.0)) + log_prior(t)
 
-    grad = jax.grad(lambda t: jnp.sum(objective(t)))
-    hess = jax.grad(lambda t: jnp.sum(grad(t)))
-    scale = mean_e + jnp.sum(block.err2) / jnp.maximum(n_obs, 1)
+    def derivatives(t):
+        v = jnp.where(mask, block.err2 + t, 1.0)
+        a = jnp.where(mask, 1.0 / v, 0.0)
+        ea = e * a
+        g = 0.5 * reduce(a * (ea - 1.0)) + d_prior(t)
+        h = reduce(a * a * (0.5 - ea)) + d2_prior(t)
+        return g, h
 
     def newton(_, t):
-        g, h = grad(t), hess(t)
+        g, h = derivatives(t)
         ascent = jnp.where(g > 0, t + scale, -t)
         step = jnp.where(h < 0, -g / jnp.where(h < 0, h, -1.0), ascent)
         f0 = objective(t)
 
-        def try_fraction(carry, frac):
-            t_best, f_best = carry
-            tc = jnp.maximum(t + frac * step, t_min)
-            fc = objective(tc)
-            better = fc > f_best
-            return (jnp.where(better, tc, t_best), jnp.where(better, fc, f_best)), None
+        def cond(carry):
+            i, _, improved = carry
+            return (i < 8) & ~jnp.all(improved)
 
-        (t_new, _), _ = jax.lax.scan(
-            try_fraction, (t, f0), jnp.asarray(_STEP_FRACTIONS, t.dtype)
-        )
+        def body(carry):
+            i, t_cur, improved = carry
+            tc = jnp.maximum(t + 0.5**i * step, t_min)
+            better = ~improved & (objective(tc) > f0)
+            return i + 1, jnp.where(better, tc, t_cur), improved | better
+
+        init = (0, t, jnp.zeros_like(t, dtype=bool) | (step == 0))
+        _, t_new, _ = jax.lax.while_loop(cond, body, init)
         return t_new
 
     t = jnp.maximum(jnp.square(s), t_min)
-    t = jax.lax.fori_loop(0, _NEWTON_ITERS, newton, t)
-    return jnp.sqrt(t)
+    return jnp.sqrt(jax.lax.fori_loop(0, n_newton, newton, t))
 
 
 def _neg_log_prior(
@@ -302,3 +316,21 @@ def initial_affine(
         e = _expected_sq_resid(block, latents, None, W, b)
         q["s"] = s_step(block, e, p["s"], priors["s"], scalar=spec.s_kind == "scalar")
     return q
+
+
+@partial(jax.jit, static_argnames=("specs",))
+def initialize(
+    specs: tuple[OutputSpec, ...],
+    params: tuple[dict, ...],
+    blocks: tuple[Block, ...],
+    priors: tuple[dict, ...],
+    ridges: tuple[dict, ...],
+    latents: Float[Array, "n k"],
+) -> tuple[dict, ...]:
+    """`initial_affine` for every output whose ``A`` is free."""
+    return tuple(
+        initial_affine(spec, block, latents, p, pr, ridge) if spec.A_free else p
+        for spec, block, p, pr, ridge in zip(
+            specs, blocks, params, priors, ridges, strict=True
+        )
+    )

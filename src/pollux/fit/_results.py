@@ -50,7 +50,7 @@ class FitResult(eqx.Module):
     n_iter
         Number of EM iterations run.
     converged
-        Whether the relative change of the objective fell below ``tol``.
+        Whether the objective's change per iteration fell below the tolerance.
     """
 
     params: dict[str, Any]

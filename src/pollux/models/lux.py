@@ -180,7 +180,7 @@ class LuxModel:
         fixed_params: Mapping[str, Any] | None = None,
         names: str | Iterable[str] | None = None,
         max_iter: int = 1000,
-        tol: float = 1e-9,
+        tol: float = 1e-6,
         progress: bool = True,
     ):
         """Closed-form EM fit, latents marginalised (outputs affine in the latents).
@@ -194,8 +194,10 @@ class LuxModel:
         names
             Outputs used (default: all registered ones the data holds).
         max_iter, tol
-            Stop after ``max_iter`` iterations or once the objective changes by
-            less than ``tol`` relative to its size.
+            Stop after ``max_iter`` iterations, or once one iteration lowers the
+            objective by less than ``tol`` per observed value (the default stops
+            when predictions have settled; slow drift along near-flat directions,
+            such as rotations of the latent space, does not change them).
         progress
             Show a progress bar.
 
