@@ -56,15 +56,29 @@ def make_simulated_linear_data(
     ((100, 32), (100, 4))
     """
     for name, value in [
-        ("n_stars", n_stars), ("n_latents", n_latents),
-        ("n_labels", n_labels), ("n_flux", n_flux),
+        ("n_stars", n_stars),
+        ("n_latents", n_latents),
+        ("n_labels", n_labels),
+        ("n_flux", n_flux),
     ]:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, np.integer))
+            or value < 1
+        ):
             msg = f"make_simulated_linear_data({name}=...): expected a positive int, got {value!r}"
             raise ValueError(msg)
     gen = _rng(rng)
-    A = gen.normal(size=(n_labels, n_latents)) if A is None else _check_matrix(A, (n_labels, n_latents), "A")
-    B = gen.normal(size=(n_flux, n_latents)) if B is None else _check_matrix(B, (n_flux, n_latents), "B")
+    A = (
+        gen.normal(size=(n_labels, n_latents))
+        if A is None
+        else _check_matrix(A, (n_labels, n_latents), "A")
+    )
+    B = (
+        gen.normal(size=(n_flux, n_latents))
+        if B is None
+        else _check_matrix(B, (n_flux, n_latents), "B")
+    )
     latents = gen.normal(size=(n_stars, n_latents))
     label = latents @ A.T
     flux = latents @ B.T

@@ -272,13 +272,13 @@ class PolluxData(eqx.Module):
     def __contains__(self, name: object) -> bool:
         return name in self.outputs
 
-    def keys(self):  # noqa: D102
+    def keys(self):
         return self.outputs.keys()
 
-    def values(self):  # noqa: D102
+    def values(self):
         return self.outputs.values()
 
-    def items(self):  # noqa: D102
+    def items(self):
         return self.outputs.items()
 
     @property
@@ -346,4 +346,3 @@ def _from_outputs(outputs: dict[str, OutputData]) -> PolluxData:
     new = object.__new__(PolluxData)
     object.__setattr__(new, "outputs", outputs)
     return new
-

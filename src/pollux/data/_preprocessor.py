@@ -98,8 +98,8 @@ class ShiftScalePreprocessor(AbstractPreprocessor):
     True
     """
 
-    loc: Float[Array, "..."]
-    scale: Float[Array, "..."]
+    loc: Float[Array, ...]
+    scale: Float[Array, ...]
 
     def __init__(self, loc: ArrayLike, scale: ArrayLike):
         scale_np = np.asarray(scale, dtype=float)

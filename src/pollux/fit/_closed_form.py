@@ -65,6 +65,7 @@ def fit_em(
     max_iter: int,
     tol: float,
     progress: bool,
+    accelerate: bool = True,
 ) -> FitResult:
     call = "LuxModel.fit"
     data = check_data(data, call)
@@ -85,7 +86,7 @@ def fit_em(
         fixed_latents = fixed_latents.astype(dtype)
 
     specs, priors, ridges, params = [], [], [], []
-    for name, block in zip(names, blocks, strict=True):
+    for name, _block in zip(names, blocks, strict=True):
         t = model.outputs[name]
         fx = fixed.get(name, {})
         shapes = t.param_shapes(k, n)
@@ -132,35 +133,45 @@ def fit_em(
         params = _em.initialize(specs, params, blocks, priors, ridges, z0)
 
     n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
+    threshold = jnp.asarray(tol * n_obs, dtype)
+    prev = jnp.asarray(jnp.inf, dtype)
     losses: list[np.ndarray] = []
     n_iter, converged = 0, False
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
-        while n_iter < max_iter:
-            steps = min(_CHUNK, max_iter - n_iter)
-            params, chunk_losses = _em.em_chunk(
-                specs, params, blocks, priors, ridges, fixed_latents, steps
+        while n_iter < max_iter and not converged:
+            params, chunk, n_done, done = _em.em_chunk(
+                specs,
+                params,
+                blocks,
+                priors,
+                ridges,
+                fixed_latents,
+                prev,
+                threshold,
+                min(_CHUNK, max_iter),
+                accelerate,
             )
-            losses.append(np.asarray(chunk_losses))
-            n_iter += steps
-            bar.update(steps)
-            history = np.concatenate(losses)
-            if not np.all(np.isfinite(history)):
+            n_done = min(int(n_done), max_iter - n_iter)
+            chunk = np.asarray(chunk)[:n_done]
+            if not np.all(np.isfinite(chunk)):
                 msg = (
                     f"{call}: the objective became non-finite at iteration "
-                    f"{int(np.argmax(~np.isfinite(history)))}; check the data scale "
-                    "(preprocess it) and the priors"
+                    f"{n_iter + int(np.argmax(~np.isfinite(chunk)))}; check the data "
+                    "scale (preprocess it) and the priors"
                 )
                 raise FloatingPointError(msg)
-            if len(history) > 1:
-                change = abs(history[-2] - history[-1])
-                bar.set_postfix(loss=f"{history[-1]:.6g}")
-                if change <= tol * n_obs:
-                    converged = True
-                    break
+            losses.append(chunk)
+            n_iter += n_done
+            converged = bool(done)
+            prev = jnp.asarray(chunk[-1], dtype)
+            bar.update(n_done)
+            bar.set_postfix(loss=f"{chunk[-1]:.6g}")
     post, final_loss = _em.final_state(specs, params, blocks, priors, fixed_latents)
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
 
-    out: dict[str, Any] = {key: dict(val) for key, val in fixed.items() if key != LATENTS}
+    out: dict[str, Any] = {
+        key: dict(val) for key, val in fixed.items() if key != LATENTS
+    }
     for name, spec, p in zip(names, specs, params, strict=True):
         entry = {"A": p["A"]}
         if spec.has_b:

@@ -35,7 +35,6 @@ from ._posterior import PosteriorStats, latent_posterior, outer_rows, precisions
 __all__ = ["OutputSpec", "em_chunk", "ridge_from_prior", "s_step"]
 
 
-
 class OutputSpec(NamedTuple):
     """Static description of one output on the closed-form path."""
 
@@ -129,7 +128,9 @@ def m_step_affine(
     if solve_b:
         b_loc, b_prec = ridge["b"]
         r = jnp.where(block.mask, block.y - mean @ W.T, 0.0)
-        b = (jnp.sum(lam * r, axis=0) + b_prec * b_loc) / (jnp.sum(lam, axis=0) + b_prec)
+        b = (jnp.sum(lam * r, axis=0) + b_prec * b_loc) / (
+            jnp.sum(lam, axis=0) + b_prec
+        )
     return W, b
 
 
@@ -250,25 +251,74 @@ def evaluate(
     return PosteriorStats(fixed_latents, None, nll), nll
 
 
-def em_iteration(specs, params, blocks, priors, ridges, fixed_latents):
-    """One EM sweep: returns the new parameters and the objective at the old ones."""
-    post, nll = evaluate(specs, params, blocks, fixed_latents)
-    loss = nll + _neg_log_prior(specs, params, priors)
+def _m_steps(specs, params, post, blocks, priors, ridges):
+    """M-step for ``(W, b)`` then the s-step, for every output."""
     new_params = []
     for spec, p, block, pr, ridge in zip(
         specs, params, blocks, priors, ridges, strict=True
     ):
         lam = precisions(block, _s2(spec, p))
-        W, b = m_step_affine(spec, block, lam, post.mean, post.cov, p["A"], p["b"], ridge)
+        W, b = m_step_affine(
+            spec, block, lam, post.mean, post.cov, p["A"], p["b"], ridge
+        )
         q = dict(p, A=W, b=b)
         if spec.s_kind != "none" and spec.s_free:
             e = _expected_sq_resid(block, post.mean, post.cov, W, b)
             q["s"] = s_step(block, e, p["s"], pr["s"], scalar=spec.s_kind == "scalar")
         new_params.append(q)
-    return tuple(new_params), loss
+    return tuple(new_params)
 
 
-@partial(jax.jit, static_argnames=("specs", "n_steps"))
+def _objective(specs, params, blocks, priors, fixed_latents):
+    post, nll = evaluate(specs, params, blocks, fixed_latents)
+    return post, nll + _neg_log_prior(specs, params, priors)
+
+
+def em_iteration(specs, params, blocks, priors, ridges, fixed_latents):
+    """One EM sweep: returns the new parameters and the objective at the old ones."""
+    post, loss = _objective(specs, params, blocks, priors, fixed_latents)
+    return _m_steps(specs, params, post, blocks, priors, ridges), loss
+
+
+def _squarem_cycle(specs, params, blocks, priors, ridges, fixed_latents):
+    """Three EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
+
+    From ``p0``: ``p1 = M(p0)``, ``p2 = M(p1)``, ``r = p1 - p0``, ``v = p2 - 2 p1 + p0``
+    and ``p' = p0 - 2αr + α²v`` with ``α = -|r|/|v|`` (at most -1). The cycle ends
+    at ``M(p')`` when the objective at ``p'`` is no worse than at ``p1``, else at
+    ``M(p2)`` (plain EM); either way the objective never increases.
+    """
+    step = partial(
+        em_iteration,
+        specs,
+        blocks=blocks,
+        priors=priors,
+        ridges=ridges,
+        fixed_latents=fixed_latents,
+    )
+    p1, loss0 = step(params=params)
+    p2, loss1 = step(params=p1)
+    r = jax.tree.map(jnp.subtract, p1, params)
+    v = jax.tree.map(lambda a, b_, c: a - 2 * b_ + c, p2, p1, params)
+    norm = lambda t: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t)))
+    r_norm, v_norm = norm(r), norm(v)
+    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
+    alpha = jnp.minimum(alpha, -1.0)
+    extrap = jax.tree.map(
+        lambda p0, ri, vi: p0 - 2 * alpha * ri + alpha**2 * vi, params, r, v
+    )
+    extrap = tuple(dict(q, s=jnp.abs(q["s"])) if "s" in q else q for q in extrap)
+    post_ext, loss_ext = _objective(specs, extrap, blocks, priors, fixed_latents)
+    ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
+    new = jax.lax.cond(
+        ok,
+        lambda: _m_steps(specs, extrap, post_ext, blocks, priors, ridges),
+        lambda: step(params=p2)[0],
+    )
+    return new, loss0
+
+
+@partial(jax.jit, static_argnames=("specs", "n_steps", "accelerate"))
 def em_chunk(
     specs: tuple[OutputSpec, ...],
     params: tuple[dict, ...],
@@ -276,14 +326,33 @@ def em_chunk(
     priors: tuple[dict, ...],
     ridges: tuple[dict, ...],
     fixed_latents: Array | None,
+    prev_loss: Array,
+    threshold: Array,
     n_steps: int,
-) -> tuple[tuple[dict, ...], Array]:
-    """``n_steps`` EM iterations in one compiled loop; returns params and losses."""
+    accelerate: bool = False,
+) -> tuple[tuple[dict, ...], Array, Array, Array]:
+    """Up to ``n_steps`` EM iterations (or SQUAREM cycles) in one compiled loop.
 
-    def body(p, _):
-        return em_iteration(specs, p, blocks, priors, ridges, fixed_latents)
+    Stops early once an iteration lowers the objective by at most ``threshold``.
+    Returns the parameters, the objective at the start of each iteration (NaN past
+    the last), the number of iterations run and whether it converged.
+    """
+    iteration = _squarem_cycle if accelerate else em_iteration
+    losses0 = jnp.full((n_steps,), jnp.nan, dtype=prev_loss.dtype)
 
-    return jax.lax.scan(body, params, None, length=n_steps)
+    def cond(state):
+        i, _, _, _last, done = state
+        return (i < n_steps) & ~done
+
+    def body(state):
+        i, p, losses, last, _ = state
+        new, loss = iteration(specs, p, blocks, priors, ridges, fixed_latents)
+        done = jnp.abs(last - loss) <= threshold
+        return i + 1, new, losses.at[i].set(loss), loss, done
+
+    init = (0, params, losses0, prev_loss, jnp.asarray(False))
+    n, params, losses, _, done = jax.lax.while_loop(cond, body, init)
+    return params, losses, n, done
 
 
 @partial(jax.jit, static_argnames=("specs",))
@@ -295,8 +364,7 @@ def final_state(
     fixed_latents: Array | None,
 ) -> tuple[PosteriorStats, Array]:
     """Posterior and objective at the final parameters."""
-    post, nll = evaluate(specs, params, blocks, fixed_latents)
-    return post, nll + _neg_log_prior(specs, params, priors)
+    return _objective(specs, params, blocks, priors, fixed_latents)
 
 
 def initial_affine(

@@ -22,7 +22,9 @@ def affine_parts(
 ) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
     """``(W, b)`` with ``y = W z + b``; ``b`` is zero for a `LinearTransform`."""
     W = params["A"]
-    b = params["b"] if isinstance(transform, AffineTransform) else jnp.zeros(
-        W.shape[0], W.dtype
+    b = (
+        params["b"]
+        if isinstance(transform, AffineTransform)
+        else jnp.zeros(W.shape[0], W.dtype)
     )
     return W, b

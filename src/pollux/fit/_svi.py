@@ -90,8 +90,9 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
         # Apply mode: start at the exact posterior mean given the fixed transforms.
         sub = {n_: fixed[n_] for n_ in names}
         Ws, bs, s2s = _affine_params(model, sub, names, "LuxModel.optimize")
-        z, _ = _posterior_kernel(block_list, *jax.tree.map(
-            lambda a: jnp.asarray(a, dtype), (Ws, bs, s2s)))
+        z, _ = _posterior_kernel(
+            block_list, *jax.tree.map(lambda a: jnp.asarray(a, dtype), (Ws, bs, s2s))
+        )
         values[LATENTS] = z
     else:
         z = pca_latents(block_list, k)
@@ -105,8 +106,11 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
             continue
         shapes = t.param_shapes(k, n)
         spec = _em.OutputSpec(
-            has_b="b" in shapes, A_free=True, b_free="b" not in fx,
-            s_kind="none", s_free=False,
+            has_b="b" in shapes,
+            A_free=True,
+            b_free="b" not in fx,
+            s_kind="none",
+            s_free=False,
         )
         d = t.output_size
         zero = (jnp.zeros((d,)), jnp.zeros((d,)))
@@ -178,13 +182,17 @@ def optimize_map(
     fixed = jax.tree.map(lambda a: jnp.asarray(a, dtype), fixed)
 
     values = _initial_values(model, names, blocks, fixed, latent_dist, n)
-    guide = AutoDelta(lux_numpyro_model, init_loc_fn=partial(_init_from_values, values=values))
+    guide = AutoDelta(
+        lux_numpyro_model, init_loc_fn=partial(_init_from_values, values=values)
+    )
     svi = SVI(lux_numpyro_model, guide, optimizer, Trace_ELBO())
     args = (model, names, blocks, fixed, latent_dist, n)
     result = svi.run(rng_key, num_steps, *args, **svi_run_kwargs)
     found = guide.median(result.params)
 
-    params: dict[str, Any] = {key: dict(v) for key, v in fixed.items() if key != LATENTS}
+    params: dict[str, Any] = {
+        key: dict(v) for key, v in fixed.items() if key != LATENTS
+    }
     if LATENTS in fixed:
         params[LATENTS] = fixed[LATENTS]
     for site, value in found.items():

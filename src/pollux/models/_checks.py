@@ -43,9 +43,7 @@ def resolve_names(
     check_registered(model, call)
     available = None if available is None else tuple(available)
     if names is None:
-        chosen = tuple(
-            n for n in model.outputs if available is None or n in available
-        )
+        chosen = tuple(n for n in model.outputs if available is None or n in available)
         if not chosen:
             msg = (
                 f"{call}: the data holds none of the model's outputs "

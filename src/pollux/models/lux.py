@@ -53,7 +53,9 @@ class LuxModel:
             msg = f"LuxModel(latent_size=...): expected a positive int, got {latent_size!r}"
             raise TypeError(msg)
         if latent_size < 1:
-            msg = f"LuxModel(latent_size=...): expected a positive int, got {latent_size}"
+            msg = (
+                f"LuxModel(latent_size=...): expected a positive int, got {latent_size}"
+            )
             raise ValueError(msg)
         self.latent_size = latent_size
         self._outputs: dict[str, AbstractTransform] = {}
@@ -106,7 +108,9 @@ class LuxModel:
         check_latents_shape(self, z, None, f"{call}(latents=...)")
         if names is None:
             if not isinstance(params, Mapping):
-                msg = f"{call}(params=...): expected a dict like {{'flux': {{'A': ...}}}}"
+                msg = (
+                    f"{call}(params=...): expected a dict like {{'flux': {{'A': ...}}}}"
+                )
                 raise TypeError(msg)
             names = [n for n in self._outputs if n in params]
         names = resolve_names(self, names, call)

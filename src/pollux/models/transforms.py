@@ -15,6 +15,7 @@ or the previous transform's output in a `TransformSequence`), ``"output_size"`` 
 from __future__ import annotations
 
 import inspect
+import itertools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -225,9 +226,7 @@ class LinearTransform(AbstractTransform):
     (5, 3)
     """
 
-    _shape_specs: ClassVar[dict[str, ShapeSpec]] = {
-        "A": ("output_size", "input_size")
-    }
+    _shape_specs: ClassVar[dict[str, ShapeSpec]] = {"A": ("output_size", "input_size")}
 
     def apply(self, latents, **params):
         return latents @ params["A"].T
@@ -450,7 +449,7 @@ class TransformSequence(AbstractTransform):
                     "output can have an extra scatter; declare it on the last member"
                 )
                 raise ValueError(msg)
-        for prev, nxt in zip(transforms[:-1], transforms[1:], strict=True):
+        for prev, nxt in itertools.pairwise(transforms):
             nxt.check_input_size(prev.output_size)
         self.transforms = tuple(transforms)
         self.output_size = transforms[-1].output_size

@@ -1,0 +1,84 @@
+"""Shared fixtures for the pollux test suite.
+
+float64 is switched on at import (as in the tutorials); the float32 path is tested in
+a subprocess where x64 stays off.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+
+import pollux as plx  # noqa: E402
+
+# Tiny problem sizes: every SVI test compiles its own model, so keep arrays small.
+N_STARS = 48
+N_LATENTS = 2
+N_LABELS = 2
+N_FLUX = 6
+
+
+def make_data(
+    n_stars: int = N_STARS,
+    n_latents: int = N_LATENTS,
+    n_labels: int = N_LABELS,
+    n_flux: int = N_FLUX,
+    seed: int = 0,
+):
+    """Simulated observations wrapped as a (not yet preprocessed) PolluxData."""
+    obs, truth = plx.datasets.make_simulated_linear_data(
+        n_stars=n_stars,
+        n_latents=n_latents,
+        n_labels=n_labels,
+        n_flux=n_flux,
+        rng=seed,
+    )
+    data = plx.data.PolluxData(
+        flux=plx.data.OutputData(
+            obs["flux"],
+            err=obs["flux_err"],
+            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["flux"]),
+        ),
+        label=plx.data.OutputData(
+            obs["label"],
+            err=obs["label_err"],
+            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["label"]),
+        ),
+    )
+    return data, obs, truth
+
+
+@pytest.fixture(scope="session")
+def simulated():
+    """``(data, obs, truth)``: raw PolluxData, the observed arrays and the truth."""
+    return make_data()
+
+
+@pytest.fixture(scope="session")
+def raw_data(simulated):
+    """PolluxData in physical units (flux + label, with errors and preprocessors)."""
+    return simulated[0]
+
+
+@pytest.fixture(scope="session")
+def pre_data(raw_data):
+    """The same data, preprocessed (model units)."""
+    return raw_data.preprocess()
+
+
+@pytest.fixture(scope="session")
+def obs(simulated):
+    return simulated[1]
+
+
+@pytest.fixture(scope="session")
+def truth(simulated):
+    return simulated[2]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

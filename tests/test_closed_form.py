@@ -1,0 +1,727 @@
+"""The closed-form path (`LuxModel.fit`, `infer_latents`, `predict`) against slow,
+obvious references: dense Gaussian conditioning, dense multivariate-normal
+log-densities, numpyro MAP, and a float32 run in a subprocess.
+
+Problem sizes are tiny and shared between tests, so each compiled kernel is built a
+few times only.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
+import pytest  # noqa: E402
+from scipy import stats  # noqa: E402
+
+import pollux as plx  # noqa: E402
+from pollux.data import OutputData, PolluxData, ShiftScalePreprocessor  # noqa: E402
+from pollux.fit import LatentPosterior  # noqa: E402
+from pollux.models.transforms import (  # noqa: E402
+    AffineTransform,
+    LinearTransform,
+    QuadraticTransform,
+)
+
+N, K, D1, D2 = 40, 2, 6, 2
+FULL = N - 1  # the star with every value masked
+MAX_ITER = 30  # a multiple of the EM chunk length: one compiled chunk per config
+
+# Tolerances for float64 comparisons of two exact computations done differently.
+RTOL64, ATOL64 = 1e-9, 1e-11
+
+
+# ----------------------------------------------------------------------------------
+# Data and models
+# ----------------------------------------------------------------------------------
+@functools.cache
+def _truth(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(N, K))
+    W1 = rng.normal(size=(D1, K))
+    b1 = rng.normal(size=D1)
+    W2 = rng.normal(size=(D2, K))
+    e1 = rng.uniform(0.05, 0.3, size=(N, D1))
+    e2 = rng.uniform(0.05, 0.2, size=(N, D2))
+    # Extra scatter beyond the reported errors: 0.1 (flux), 0.05 (labels).
+    y1 = z @ W1.T + b1 + rng.normal(size=(N, D1)) * np.hypot(e1, 0.1)
+    y2 = z @ W2.T + rng.normal(size=(N, D2)) * np.hypot(e2, 0.05)
+    # Masks: NaN data (finite error) and infinite errors (finite data).
+    nan1 = rng.uniform(size=(N, D1)) < 0.1
+    inf1 = ~nan1 & (rng.uniform(size=(N, D1)) < 0.05)
+    nan2 = rng.uniform(size=(N, D2)) < 0.1
+    inf2 = ~nan2 & (rng.uniform(size=(N, D2)) < 0.05)
+    nan2[3] = True  # a star without labels
+    inf2[3] = False
+    nan1[FULL] = True  # a star with nothing observed at all
+    inf1[FULL] = False
+    inf2[FULL], nan2[FULL] = True, False
+    return {
+        "z": z,
+        "W1": W1,
+        "b1": b1,
+        "W2": W2,
+        "y1": y1,
+        "y2": y2,
+        "e1": e1,
+        "e2": e2,
+        "nan1": nan1,
+        "inf1": inf1,
+        "nan2": nan2,
+        "inf2": inf2,
+    }
+
+
+def _masked(y, e, nan, inf, garbage=None):
+    """Apply a mask: NaN data where ``nan``, infinite error where ``inf``."""
+    y, e = y.copy(), e.copy()
+    y[nan] = np.nan
+    e[inf] = np.inf
+    if garbage is not None:  # same missing set, written differently
+        y[nan] = garbage
+        e[nan] = np.inf
+    return y, e
+
+
+def _data(seed: int = 0, garbage=None, shift: float = 0.0, dtype=np.float64):
+    t = _truth(seed)
+    y1, e1 = _masked(t["y1"] + shift, t["e1"], t["nan1"], t["inf1"], garbage)
+    y2, e2 = _masked(t["y2"], t["e2"], t["nan2"], t["inf2"], garbage)
+    return PolluxData(
+        flux=OutputData(y1.astype(dtype), err=e1.astype(dtype)),
+        label=OutputData(y2.astype(dtype), err=e2.astype(dtype)),
+    )
+
+
+def _obs_arrays(data: PolluxData, name: str):
+    """``(y, var, mask)`` in numpy: the reference's own view of missing values."""
+    y = np.asarray(data[name].data, dtype=float)
+    err = np.asarray(data[name].err, dtype=float)
+    mask = ~np.isnan(y) & np.isfinite(err)
+    return y, err**2, mask
+
+
+def _scatter_prior(kind: str, d: int):
+    if kind == "none":
+        return None
+    if kind == "scalar":
+        return dist.HalfNormal(1.0)
+    return dist.HalfNormal(1.0).expand((d,))
+
+
+def _model(flux_s: str = "vector", label_s: str = "scalar") -> plx.LuxModel:
+    """Affine flux (non-trivial Normal priors) and linear labels."""
+    model = plx.LuxModel(latent_size=K)
+    flux_priors = {"A": dist.Normal(0.1, 2.0), "b": dist.Normal(0.0, 10.0)}
+    label_priors = {}
+    if (p := _scatter_prior(flux_s, D1)) is not None:
+        flux_priors["s"] = p
+    if (p := _scatter_prior(label_s, D2)) is not None:
+        label_priors["s"] = p
+    model.register_output("flux", AffineTransform(D1, param_priors=flux_priors))
+    model.register_output("label", LinearTransform(D2, param_priors=label_priors))
+    return model
+
+
+def _fixed(config: str):
+    t = _truth()
+    if config == "partly_fixed":  # flux: A fixed, b and s free; label: s fixed
+        return {"flux": {"A": t["W1"]}, "label": {"s": np.float64(0.05)}}
+    if config == "fixed_latents":  # latents and flux b fixed
+        return {"latents": t["z"], "flux": {"b": t["b1"]}}
+    return None
+
+
+CONFIGS = {
+    "plain": ("none", "none"),
+    "scatter": ("vector", "scalar"),
+    "partly_fixed": ("vector", "scalar"),
+    "fixed_latents": ("scalar", "vector"),
+}
+
+
+@functools.cache
+def _fit(config: str, max_iter: int = MAX_ITER):
+    model = _model(*CONFIGS[config])
+    fixed = _fixed(config)
+    data = _data()
+    result = model.fit(
+        data, fixed_params=fixed, max_iter=max_iter, tol=0.0, progress=False
+    )
+    return model, fixed, data, result
+
+
+# ----------------------------------------------------------------------------------
+# Dense references (numpy / scipy, one star at a time)
+# ----------------------------------------------------------------------------------
+def _affine(model, params, name):
+    p = params[name]
+    W = np.asarray(p["A"], dtype=float)
+    b = np.asarray(p["b"], dtype=float) if "b" in p else np.zeros(W.shape[0])
+    s2 = np.square(np.asarray(p["s"], dtype=float)) if "s" in p else 0.0
+    return W, b, np.broadcast_to(s2, (W.shape[0],))
+
+
+def _star_system(model, data, params, names, n):
+    """Observed ``(y, mean b, W, noise variances)`` of star ``n`` over ``names``."""
+    ys, bs, Ws, vs = [], [], [], []
+    for name in names:
+        y, var, mask = _obs_arrays(data, name)
+        W, b, s2 = _affine(model, params, name)
+        m = mask[n]
+        ys.append(y[n, m])
+        bs.append(b[m])
+        Ws.append(W[m])
+        vs.append(var[n, m] + s2[m])
+    return (
+        np.concatenate(ys),
+        np.concatenate(bs),
+        np.concatenate(Ws, axis=0),
+        np.concatenate(vs),
+    )
+
+
+def dense_posterior(model, data, params, names):
+    """Condition the joint Gaussian of (z, y_obs) with z ~ N(0, I), star by star."""
+    means, covs = [], []
+    for n in range(len(data)):
+        y, b, W, v = _star_system(model, data, params, names, n)
+        if y.size == 0:
+            means.append(np.zeros(K))
+            covs.append(np.eye(K))
+            continue
+        C_yy = W @ W.T + np.diag(v)  # Cov(y), Cov(z, y) = Wᵀ
+        gain = np.linalg.solve(C_yy, W).T  # Wᵀ C_yy⁻¹
+        means.append(gain @ (y - b))
+        covs.append(np.eye(K) - gain @ W)
+    return np.array(means), np.array(covs)
+
+
+def dense_neg_log_marginal(model, data, params, names):
+    total = 0.0
+    for n in range(len(data)):
+        y, b, W, v = _star_system(model, data, params, names, n)
+        if y.size:
+            cov = W @ W.T + np.diag(v)
+            total -= stats.multivariate_normal(mean=b, cov=cov).logpdf(y)
+    return total
+
+
+def dense_neg_log_lik_given_latents(model, data, params, names, z):
+    total = 0.0
+    for name in names:
+        y, var, mask = _obs_arrays(data, name)
+        W, b, s2 = _affine(model, params, name)
+        pred = np.asarray(z) @ W.T + b
+        sd = np.sqrt(var + s2)
+        total -= stats.norm.logpdf(y[mask], pred[mask], sd[mask]).sum()
+    return total
+
+
+def neg_log_prior(model, params, fixed):
+    """−log p(θ) of every transform parameter not in ``fixed`` (expanded priors)."""
+    fixed = fixed or {}
+    total = 0.0
+    for name, t in model.outputs.items():
+        priors = t.expanded_priors(K, N)
+        for pname, prior in priors.items():
+            if pname in fixed.get(name, {}):
+                continue
+            total -= float(prior.log_prob(jnp.asarray(params[name][pname])))
+    return total
+
+
+def reference_objective(model, data, params, fixed):
+    names = tuple(model.outputs)
+    if fixed and "latents" in fixed:
+        nll = dense_neg_log_lik_given_latents(
+            model, data, params, names, fixed["latents"]
+        )
+    else:
+        nll = dense_neg_log_marginal(model, data, params, names)
+    return nll + neg_log_prior(model, params, fixed)
+
+
+def _random_params(flux_s: str, label_s: str, seed: int = 5):
+    rng = np.random.default_rng(seed)
+    params = {
+        "flux": {"A": rng.normal(size=(D1, K)), "b": rng.normal(size=D1)},
+        "label": {"A": rng.normal(size=(D2, K))},
+    }
+    for name, kind, d in (("flux", flux_s, D1), ("label", label_s, D2)):
+        if kind == "scalar":
+            params[name]["s"] = np.float64(0.2)
+        elif kind == "vector":
+            params[name]["s"] = rng.uniform(0.05, 0.5, size=d)
+    return params
+
+
+# ----------------------------------------------------------------------------------
+# 1. Latent posterior
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("flux_s", "label_s", "names"),
+    [
+        ("none", "none", None),
+        ("scalar", "scalar", None),
+        ("vector", "scalar", None),
+        ("scalar", "vector", ("flux",)),
+    ],
+)
+def test_infer_latents_matches_dense_conditioning(flux_s, label_s, names):
+    model = _model(flux_s, label_s)
+    data = _data()
+    params = _random_params(flux_s, label_s)
+    post = model.infer_latents(data, params, names=names)
+    used = tuple(model.outputs) if names is None else names
+    mean, cov = dense_posterior(model, data, params, used)
+
+    assert isinstance(post, LatentPosterior)
+    assert post.mean.shape == (N, K) and post.cov.shape == (N, K, K)
+    assert post.mean.dtype == jnp.float64
+    np.testing.assert_allclose(post.mean, mean, rtol=RTOL64, atol=ATOL64)
+    np.testing.assert_allclose(post.cov, cov, rtol=RTOL64, atol=ATOL64)
+    # The star with nothing observed keeps the prior.
+    np.testing.assert_allclose(post.mean[FULL], 0.0, atol=ATOL64)
+    np.testing.assert_allclose(post.cov[FULL], np.eye(K), atol=ATOL64)
+
+
+# ----------------------------------------------------------------------------------
+# 2./3. The reported objective and its monotonic decrease
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_final_loss_is_negative_log_posterior(config):
+    model, fixed, data, result = _fit(config)
+    expected = reference_objective(model, data, result.params, fixed)
+    # tol=0 stops early only when an iteration changes nothing at all.
+    assert 1 <= result.n_iter <= MAX_ITER
+    assert result.losses.shape == (result.n_iter + 1,)
+    np.testing.assert_allclose(float(result.losses[-1]), expected, rtol=1e-10)
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_losses_never_increase(config):
+    *_, result = _fit(config)
+    losses = np.asarray(result.losses)
+    assert np.all(np.isfinite(losses))
+    slack = 1e-10 * (1.0 + np.abs(losses[:-1]))
+    assert np.all(np.diff(losses) <= slack), np.diff(losses).max()
+    assert losses[-1] < losses[0]
+
+
+def test_losses_entries_are_objective_before_each_iteration():
+    """``losses[i]`` of a longer run is the final loss of an ``i``-iteration run."""
+    *_, short = _fit("scatter", max_iter=10)
+    *_, long = _fit("scatter")
+    np.testing.assert_allclose(long.losses[:10], short.losses[:10], rtol=1e-12)
+    np.testing.assert_allclose(long.losses[10], short.losses[-1], rtol=1e-12)
+
+
+def test_fit_is_reproducible():
+    model, _, data, first = _fit("scatter")
+    again = model.fit(data, max_iter=MAX_ITER, tol=0.0, progress=False)
+    for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fixed_params_are_returned_unchanged():
+    _, fixed, _, result = _fit("partly_fixed")
+    np.testing.assert_array_equal(result.params["flux"]["A"], fixed["flux"]["A"])
+    np.testing.assert_array_equal(result.params["label"]["s"], fixed["label"]["s"])
+    _, fixed, _, result = _fit("fixed_latents")
+    np.testing.assert_array_equal(result.params["latents"], fixed["latents"])
+    np.testing.assert_array_equal(result.params["flux"]["b"], fixed["flux"]["b"])
+
+
+# ----------------------------------------------------------------------------------
+# 4. Fixed latents: EM and numpyro MAP solve the same problem
+# ----------------------------------------------------------------------------------
+def test_fixed_latents_fit_matches_optimize():
+    model, fixed, data, _ = _fit("fixed_latents")
+    result = model.fit(data, fixed_params=fixed, max_iter=2000, progress=False)
+    params, svi = model.optimize(
+        data,
+        num_steps=4000,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=numpyro.optim.Adam(0.02),
+        fixed_params=fixed,
+        svi_run_kwargs={"progress_bar": False},
+    )
+    fit_obj = reference_objective(model, data, result.params, fixed)
+    opt_obj = reference_objective(model, data, params, fixed)
+    np.testing.assert_allclose(float(result.losses[-1]), fit_obj, rtol=1e-10)
+    # EM reaches the optimum: MAP cannot do better, and gets very close.
+    assert fit_obj <= opt_obj + 1e-8
+    assert opt_obj - fit_obj < 1e-5
+    # Both report the same quantity (−log likelihood − log prior of free params).
+    assert abs(float(svi.losses[-1]) - float(result.losses[-1])) < 1e-4
+    for name, pname in [
+        ("flux", "A"),
+        ("flux", "s"),
+        ("label", "A"),
+        ("label", "s"),
+    ]:
+        np.testing.assert_allclose(
+            params[name][pname],
+            result.params[name][pname],
+            atol=2e-4,
+            err_msg=f"{name}:{pname}",
+        )
+
+
+# ----------------------------------------------------------------------------------
+# 5. No recompilation between calls of equal shapes
+# ----------------------------------------------------------------------------------
+def _jitted():
+    from pollux.fit import _closed_form, _em, _init
+
+    return {
+        "em_chunk": _em.em_chunk,
+        "final_state": _em.final_state,
+        "initialize": _em.initialize,
+        "pca": _init._pca,
+        "posterior_kernel": _closed_form._posterior_kernel,
+        "predict_kernel": _closed_form._predict_kernel,
+    }
+
+
+def _fit_infer_predict(model, data):
+    result = model.fit(data, max_iter=MAX_ITER, tol=0.0, progress=False)
+    post = model.infer_latents(data, result.params, names=["flux"])
+    pred = model.predict(post, result.params)
+    jax.block_until_ready(pred["label"].err)
+    return result
+
+
+def test_second_fit_with_equal_shapes_does_not_recompile():
+    model = _model("vector", "scalar")
+    _fit_infer_predict(model, _data())  # warm-up (may compile)
+    before = {k: f._cache_size() for k, f in _jitted().items()}
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("jax")
+    logger.addHandler(handler)
+    try:
+        with jax.log_compiles():
+            # New values (a different seed: other data, errors and masks), same shapes.
+            result = _fit_infer_predict(model, _data(seed=1))
+            # A fresh model with the same structure reuses the compiled kernels too.
+            _fit_infer_predict(_model("vector", "scalar"), _data(seed=2))
+    finally:
+        logger.removeHandler(handler)
+    after = {k: f._cache_size() for k, f in _jitted().items()}
+    assert after == before
+    compiled = [line for line in stream.getvalue().splitlines() if "Compiling" in line]
+    assert not compiled, "\n".join(compiled)
+    assert np.all(np.isfinite(result.losses))
+
+
+# ----------------------------------------------------------------------------------
+# 6. Masked values
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("garbage", [1e3, -7.5, 0.0])
+def test_values_under_a_mask_change_nothing(garbage):
+    model, _, data, result = _fit("scatter")
+    other = _data(garbage=garbage)  # finite junk with infinite error, not NaN
+    assert not np.array_equal(
+        np.asarray(other["flux"].data), np.asarray(data["flux"].data), equal_nan=True
+    )
+    again = model.fit(other, max_iter=MAX_ITER, tol=0.0, progress=False)
+    for a, b in zip(jax.tree.leaves(result), jax.tree.leaves(again), strict=True):
+        np.testing.assert_array_equal(a, b)
+    p1 = model.infer_latents(data, result.params, names=["flux"])
+    p2 = model.infer_latents(other, result.params, names=["flux"])
+    np.testing.assert_array_equal(p1.mean, p2.mean)
+    np.testing.assert_array_equal(p1.cov, p2.cov)
+
+
+def test_fully_masked_star_changes_no_other_star():
+    model, fixed, data, result = _fit("fixed_latents")
+    keep = np.arange(N) != FULL
+    # Posterior of the other stars at fixed parameters.
+    post = model.infer_latents(data, result.params)
+    post_less = model.infer_latents(data[keep], result.params)
+    np.testing.assert_allclose(post_less.mean, post.mean[keep], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(post_less.cov, post.cov[keep], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(post.mean[FULL], 0.0, atol=1e-14)
+    np.testing.assert_allclose(post.cov[FULL], np.eye(K), atol=1e-14)
+    # The fit given fixed latents: the star contributes no term at all.
+    fixed_less = {**fixed, "latents": fixed["latents"][keep]}
+    less = model.fit(
+        data[keep], fixed_params=fixed_less, max_iter=MAX_ITER, tol=0.0, progress=False
+    )
+    np.testing.assert_allclose(less.losses, result.losses, rtol=1e-10)
+    for name in ("flux", "label"):
+        for pname, value in result.params[name].items():
+            np.testing.assert_allclose(
+                less.params[name][pname], value, rtol=1e-9, atol=1e-12
+            )
+
+
+def test_masked_values_never_produce_nan():
+    *_, result = _fit("scatter")
+    for leaf in jax.tree.leaves(result):
+        assert np.all(np.isfinite(leaf))
+
+
+# ----------------------------------------------------------------------------------
+# 7. predict
+# ----------------------------------------------------------------------------------
+def test_predict_matches_dense_propagation():
+    model, _, data, result = _fit("scatter")
+    post = model.infer_latents(data, result.params, names=["flux"])
+    pred = model.predict(post, result.params)
+    assert isinstance(pred, PolluxData)
+    assert set(pred.names) == {"flux", "label"}
+    mean, cov = np.asarray(post.mean), np.asarray(post.cov)
+    for name in ("flux", "label"):
+        W, b, s2 = _affine(model, result.params, name)
+        exp_mean = mean @ W.T + b
+        exp_var = np.array([np.diag(W @ c @ W.T) for c in cov]) + s2
+        assert pred[name].preprocessed
+        np.testing.assert_allclose(pred[name].data, exp_mean, rtol=RTOL64, atol=ATOL64)
+        np.testing.assert_allclose(
+            pred[name].err, np.sqrt(exp_var), rtol=RTOL64, atol=ATOL64
+        )
+    only = model.predict(post, result.params, names=["label"])
+    assert only.names == ("label",)
+    np.testing.assert_array_equal(only["label"].err, pred["label"].err)
+
+
+# ----------------------------------------------------------------------------------
+# 8. Train / apply on simulated data, physical units, calibration
+# ----------------------------------------------------------------------------------
+@functools.cache
+def _simulated():
+    n_train, n_test = 400, 400
+    obs, truth = plx.datasets.make_simulated_linear_data(
+        n_stars=n_train + n_test, n_latents=3, n_labels=2, n_flux=24, rng=7
+    )
+    raw = PolluxData(
+        flux=OutputData(
+            obs["flux"],
+            err=obs["flux_err"],
+            preprocessor=ShiftScalePreprocessor.from_data(obs["flux"]),
+        ),
+        label=OutputData(
+            obs["label"],
+            err=obs["label_err"],
+            preprocessor=ShiftScalePreprocessor.from_data(obs["label"]),
+        ),
+    )
+    pre = raw.preprocess()
+    train, test = pre[:n_train], pre[n_train:]
+    model = plx.LuxModel(latent_size=3)
+    model.register_output("flux", AffineTransform(24))
+    model.register_output("label", AffineTransform(2))
+    result = model.fit(train, max_iter=200, progress=False)
+    post = model.infer_latents(test, result.params, names=["flux"])
+    pred = model.predict(post, result.params, names=["label"])
+    return raw, test, truth["label"][n_train:], result, pred
+
+
+def test_unprocess_gives_physical_units_with_scaled_errors():
+    raw, test, _, _, pred = _simulated()
+    phys = test.unprocess(pred)
+    pre = raw["label"].preprocessor
+    assert not phys["label"].preprocessed
+    np.testing.assert_allclose(
+        phys["label"].data, np.asarray(pred["label"].data) * pre.scale + pre.loc
+    )
+    np.testing.assert_allclose(
+        phys["label"].err, np.asarray(pred["label"].err) * pre.scale
+    )
+
+
+def test_flux_only_label_uncertainties_are_calibrated():
+    _, test, true_label, result, pred = _simulated()
+    assert np.all(np.diff(result.losses) <= 1e-10 * (1 + np.abs(result.losses[:-1])))
+    phys = test.unprocess(pred)
+    zscores = (np.asarray(phys["label"].data) - true_label) / np.asarray(
+        phys["label"].err
+    )
+    assert np.all(np.isfinite(zscores))
+    std = zscores.std(axis=0)
+    assert np.all((std > 0.8) & (std < 1.2)), std
+    assert np.all(np.abs(zscores.mean(axis=0)) < 0.3), zscores.mean(axis=0)
+
+
+# ----------------------------------------------------------------------------------
+# 9. Bad input
+# ----------------------------------------------------------------------------------
+def test_fit_refuses_nonlinear_transform():
+    model = plx.LuxModel(latent_size=K)
+    model.register_output("flux", QuadraticTransform(D1))
+    with pytest.raises(ValueError, match=r"QuadraticTransform.*optimize"):
+        model.fit(_data(), names=["flux"], progress=False)
+
+
+def test_fit_refuses_non_normal_prior():
+    model = plx.LuxModel(latent_size=K)
+    model.register_output(
+        "flux", AffineTransform(D1, param_priors={"A": dist.Laplace(0.0, 1.0)})
+    )
+    with pytest.raises(ValueError, match=r"'A'.*Laplace.*optimize") as info:
+        model.fit(_data(), names=["flux"], progress=False)
+    assert "'flux'" in str(info.value)
+
+
+def test_fit_refuses_fixed_params_of_wrong_shape():
+    model = _model()
+    bad = {"flux": {"A": np.zeros((D1, K + 1))}}
+    with pytest.raises(ValueError, match=r"fixed_params\['flux'\]\['A'\].*shape"):
+        model.fit(_data(), fixed_params=bad, progress=False)
+    with pytest.raises(ValueError, match=r"fixed_params\['latents'\].*latent_size"):
+        model.fit(_data(), fixed_params={"latents": np.zeros((N, K + 1))})
+
+
+def test_unregistered_names_are_refused():
+    model = _model()
+    with pytest.raises(ValueError, match=r"names=.*'nope'.*not a registered"):
+        model.fit(_data(), names=["nope"], progress=False)
+    with pytest.raises(ValueError, match=r"fixed_params=.*'nope'.*not a registered"):
+        model.fit(_data(), fixed_params={"nope": {}}, progress=False)
+    params = _random_params("vector", "scalar")
+    with pytest.raises(ValueError, match=r"names=.*'nope'.*not a registered"):
+        model.infer_latents(_data(), params, names=["nope"])
+
+
+def test_infer_latents_requires_declared_scatter():
+    model = _model("vector", "scalar")
+    params = _random_params("vector", "scalar")
+    del params["flux"]["s"]
+    with pytest.raises(ValueError, match=r"params=.*'flux'.*'s'"):
+        model.infer_latents(_data(), params)
+
+
+def test_predict_requires_a_latent_posterior():
+    model = _model("none", "none")
+    params = _random_params("none", "none")
+    with pytest.raises(TypeError, match=r"posterior=.*LatentPosterior"):
+        model.predict((np.zeros((3, K)), np.zeros((3, K, K))), params)
+    wide = LatentPosterior(jnp.zeros((3, K + 1)), jnp.zeros((3, K + 1, K + 1)))
+    with pytest.raises(ValueError, match=r"posterior.*latent_size"):
+        model.predict(wide, params)
+
+
+@pytest.mark.parametrize("max_iter", [0, -1, 2.5, True, "10", None])
+def test_fit_refuses_invalid_max_iter(max_iter):
+    with pytest.raises(ValueError, match="max_iter"):
+        _model().fit(_data(), max_iter=max_iter, progress=False)
+
+
+@pytest.mark.parametrize("tol", [-1e-3, "small", None])
+def test_fit_refuses_invalid_tol(tol):
+    with pytest.raises(ValueError, match="tol"):
+        _model().fit(_data(), tol=tol, progress=False)
+
+
+# ----------------------------------------------------------------------------------
+# 10. float32 (JAX's default precision, x64 off, in a fresh interpreter)
+# ----------------------------------------------------------------------------------
+_FLOAT32_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    assert not jax.config.jax_enable_x64
+    import numpy as np
+    import numpyro.distributions as dist
+    import pollux as plx
+    from pollux.models.transforms import AffineTransform, LinearTransform
+
+    arrays = np.load(sys.argv[1])
+    data = plx.data.PolluxData(
+        flux=plx.data.OutputData(arrays["y1"], err=arrays["e1"]),
+        label=plx.data.OutputData(arrays["y2"], err=arrays["e2"]),
+    )
+    model = plx.LuxModel(latent_size=int(arrays["k"]))
+    d1, d2 = arrays["y1"].shape[1], arrays["y2"].shape[1]
+    model.register_output("flux", AffineTransform(d1, param_priors={
+        "A": dist.Normal(0.1, 2.0), "b": dist.Normal(0.0, 10.0),
+        "s": dist.HalfNormal(1.0).expand((d1,))}))
+    model.register_output("label", LinearTransform(d2, param_priors={
+        "s": dist.HalfNormal(1.0)}))
+    result = model.fit(data, max_iter=int(arrays["max_iter"]), tol=0.0, progress=False)
+    post = model.infer_latents(data, result.params, names=["flux"])
+    pred = model.predict(post, result.params)
+    leaves = {
+        "losses": result.losses,
+        "flux_A": result.params["flux"]["A"],
+        "flux_s": result.params["flux"]["s"],
+        "label_s": result.params["label"]["s"],
+        "post_mean": post.mean,
+        "post_cov": post.cov,
+        "pred_label": pred["label"].data,
+        "pred_label_err": pred["label"].err,
+    }
+    out = {k: {"dtype": str(v.dtype), "finite": bool(np.all(np.isfinite(v)))}
+           for k, v in leaves.items()}
+    out["final_loss"] = float(result.losses[-1])
+    out["pred_label_values"] = np.asarray(pred["label"].data, dtype=float).tolist()
+    out["pred_label_err_values"] = np.asarray(pred["label"].err, dtype=float).tolist()
+    print("RESULT" + json.dumps(out))
+    """
+)
+
+
+def test_float32_fit_in_fresh_interpreter(tmp_path):
+    data = _data()
+    arrays = tmp_path / "arrays.npz"
+    np.savez(
+        arrays,
+        y1=np.asarray(data["flux"].data, np.float32),
+        e1=np.asarray(data["flux"].err, np.float32),
+        y2=np.asarray(data["label"].data, np.float32),
+        e2=np.asarray(data["label"].err, np.float32),
+        k=K,
+        max_iter=MAX_ITER,
+    )
+    script = tmp_path / "run32.py"
+    script.write_text(_FLOAT32_SCRIPT)
+    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(arrays)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
+    out = json.loads(line[len("RESULT") :])
+    for key in (
+        "losses",
+        "flux_A",
+        "flux_s",
+        "label_s",
+        "post_mean",
+        "post_cov",
+        "pred_label",
+        "pred_label_err",
+    ):
+        assert out[key]["dtype"] == "float32", (key, out[key])
+        assert out[key]["finite"], key
+    # The same fit in float64: the objective and the (rotation-invariant)
+    # predictions agree to float32 accuracy.
+    model, _, data64, result = _fit("scatter")
+    post = model.infer_latents(data64, result.params, names=["flux"])
+    pred = model.predict(post, result.params)
+    np.testing.assert_allclose(out["final_loss"], float(result.losses[-1]), rtol=1e-4)
+    np.testing.assert_allclose(out["pred_label_values"], pred["label"].data, atol=1e-3)
+    np.testing.assert_allclose(out["pred_label_err_values"], pred["label"].err, rtol=1e-3)
