@@ -249,7 +249,9 @@ def main(argv=None) -> dict:
             else f"{'':>10} {'':>10} {'':>10}"
         )
         ratio = r["rmse"] / rows["oracle"]["rmse"]
-        errs = " ".join(f"{e:>9.4f} {q:>7.3f}" for e, q in zip(r["rmse"], ratio, strict=False))
+        errs = " ".join(
+            f"{e:>9.4f} {q:>7.3f}" for e, q in zip(r["rmse"], ratio, strict=False)
+        )
         zs = " ".join(
             f"{v:>8.3f}" if "z_std" in r else f"{'':>8}"
             for v in r.get("z_std", [0] * L)

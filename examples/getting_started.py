@@ -107,46 +107,80 @@ def main():
             names=names,
             svi_run_kwargs={"progress_bar": False},
         )
-        in_model_units = model.predict_outputs(fitted["latents"], trained, names="label")
+        in_model_units = model.predict_outputs(
+            fitted["latents"], trained, names="label"
+        )
         # Back to physical units with the test data's preprocessors.
         predicted[mode] = np.asarray(test.unprocess(in_model_units)["label"].data)
-        print(f"  test labels from {mode:12s}: RMSE per label {rmse(predicted[mode], true_labels)}")
+        print(
+            f"  test labels from {mode:12s}: RMSE per label {rmse(predicted[mode], true_labels)}"
+        )
 
     # -- 5. The fast closed-form path ---------------------------------------------
     result = model.fit(train, progress=False)  # EM, latents integrated out
     print(f"\nEM training: {result.n_iter} iterations, converged={result.converged}")
     posterior = model.infer_latents(test, result.params, names=["flux"])
-    prediction = test.unprocess(model.predict(posterior, result.params, names=["label"]))
+    prediction = test.unprocess(
+        model.predict(posterior, result.params, names=["label"])
+    )
     fast_labels = np.asarray(prediction["label"].data)
     fast_err = np.asarray(prediction["label"].err)
-    print(f"  test labels from flux only  : RMSE per label {rmse(fast_labels, true_labels)}")
-    print(f"  median predicted uncertainty per label       {np.median(fast_err, axis=0)}")
+    print(
+        f"  test labels from flux only  : RMSE per label {rmse(fast_labels, true_labels)}"
+    )
+    print(
+        f"  median predicted uncertainty per label       {np.median(fast_err, axis=0)}"
+    )
 
-    # If the uncertainties are right, (predicted - true) / uncertainty is close to
-    # a unit Normal: mean ~0, standard deviation ~1.
+    # If the uncertainties are right, (predicted - true) / uncertainty follows a
+    # unit Normal. Expect a spread a little above 1: the uncertainties describe
+    # the test stars' latents, not the error of transforms trained on 1024 stars
+    # (and LinearTransform has no intercept; AffineTransform adds one).
     z = (fast_labels - true_labels) / fast_err
     print(f"  z-scores: mean {z.mean(axis=0)}, std {z.std(axis=0)}")
 
     # -- 6. Figures -----------------------------------------------------------------
-    fig, axes = plt.subplots(1, n_labels, figsize=(4.2 * n_labels, 4), layout="constrained")
+    # The errors are small next to the label range, so plot residuals.
+    fig, axes = plt.subplots(
+        1, n_labels, figsize=(4.5 * n_labels, 4), layout="constrained"
+    )
     for j, ax in enumerate(axes):
-        ax.plot(true_labels[:, j], predicted["flux only"][:, j], "k.", ms=2, alpha=0.4,
-                label="optimize, flux only")
-        ax.errorbar(true_labels[:, j], fast_labels[:, j], yerr=fast_err[:, j],
-                    fmt=".", ms=2, alpha=0.3, color="tab:orange",
-                    label="fit + infer_latents, flux only")
-        ax.axline((0, 0), slope=1, color="tab:green", zorder=-1)
-        ax.set(xlabel=f"true label {j}", ylabel=f"predicted label {j}")
+        ax.errorbar(
+            true_labels[:, j],
+            fast_labels[:, j] - true_labels[:, j],
+            yerr=fast_err[:, j],
+            fmt=".",
+            ms=2,
+            alpha=0.3,
+            color="tab:orange",
+            label="fit + infer_latents (with uncertainties)",
+        )
+        ax.plot(
+            true_labels[:, j],
+            predicted["flux only"][:, j] - true_labels[:, j],
+            "k.",
+            ms=2,
+            alpha=0.4,
+            label="optimize",
+        )
+        ax.axhline(0, color="tab:green", zorder=-1)
+        ax.set(xlabel=f"true label {j}", ylabel=f"predicted − true label {j}")
         ax.legend(fontsize="small", markerscale=4)
-    fig.suptitle("Test stars labelled from their spectra")
+    fig.suptitle("Test stars labelled from their spectra alone")
     fig.savefig(OUT / "getting_started_labels.png", dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
     grid = np.linspace(-5, 5, 201)
     for j in range(n_labels):
-        ax.hist(z[:, j], bins=np.linspace(-5, 5, 41), density=True, histtype="step",
-                lw=1.5, label=f"label {j}")
+        ax.hist(
+            z[:, j],
+            bins=np.linspace(-5, 5, 41),
+            density=True,
+            histtype="step",
+            lw=1.5,
+            label=f"label {j}",
+        )
     ax.plot(grid, np.exp(-0.5 * grid**2) / np.sqrt(2 * np.pi), "k--", label="N(0, 1)")
     ax.set(xlabel="(predicted − true) / predicted uncertainty", ylabel="density")
     ax.legend(fontsize="small")

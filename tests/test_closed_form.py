@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
+from jax.example_libraries import optimizers  # noqa: E402
 from scipy import stats  # noqa: E402
 
 import pollux as plx  # noqa: E402
@@ -39,7 +40,7 @@ from pollux.models.transforms import (  # noqa: E402
 
 N, K, D1, D2 = 40, 2, 6, 2
 FULL = N - 1  # the star with every value masked
-MAX_ITER = 30  # a multiple of the EM chunk length: one compiled chunk per config
+MAX_ITER = 30  # EM iterations of the shared fits (tol=0)
 
 # Tolerances for float64 comparisons of two exact computations done differently.
 RTOL64, ATOL64 = 1e-9, 1e-11
@@ -56,10 +57,10 @@ def _truth(seed: int = 0) -> dict[str, np.ndarray]:
     b1 = rng.normal(size=D1)
     W2 = rng.normal(size=(D2, K))
     e1 = rng.uniform(0.05, 0.3, size=(N, D1))
-    e2 = rng.uniform(0.05, 0.2, size=(N, D2))
-    # Extra scatter beyond the reported errors: 0.1 (flux), 0.05 (labels).
+    e2 = rng.uniform(0.02, 0.1, size=(N, D2))
+    # Extra scatter beyond the reported errors: 0.1 (flux), 0.2 (labels).
     y1 = z @ W1.T + b1 + rng.normal(size=(N, D1)) * np.hypot(e1, 0.1)
-    y2 = z @ W2.T + rng.normal(size=(N, D2)) * np.hypot(e2, 0.05)
+    y2 = z @ W2.T + rng.normal(size=(N, D2)) * np.hypot(e2, 0.2)
     # Masks: NaN data (finite error) and infinite errors (finite data).
     nan1 = rng.uniform(size=(N, D1)) < 0.1
     inf1 = ~nan1 & (rng.uniform(size=(N, D1)) < 0.05)
@@ -331,6 +332,16 @@ def test_losses_entries_are_objective_before_each_iteration():
     np.testing.assert_allclose(long.losses[10], short.losses[-1], rtol=1e-12)
 
 
+def test_fit_stops_after_max_iter_iterations():
+    """Not a multiple of the compiled chunk: the run still stops at max_iter."""
+    model, _, data, long = _fit("scatter")
+    result = model.fit(data, max_iter=15, tol=0.0, progress=False)
+    assert result.n_iter == 15
+    np.testing.assert_allclose(result.losses[:15], long.losses[:15], rtol=1e-12)
+    # The objective at the returned parameters is the one after 15 iterations.
+    np.testing.assert_allclose(result.losses[-1], long.losses[15], rtol=1e-12)
+
+
 def test_fit_is_reproducible():
     model, _, data, first = _fit("scatter")
     again = model.fit(data, max_iter=MAX_ITER, tol=0.0, progress=False)
@@ -352,23 +363,25 @@ def test_fixed_params_are_returned_unchanged():
 # ----------------------------------------------------------------------------------
 def test_fixed_latents_fit_matches_optimize():
     model, fixed, data, _ = _fit("fixed_latents")
-    result = model.fit(data, fixed_params=fixed, max_iter=2000, progress=False)
+    result = model.fit(data, fixed_params=fixed, max_iter=500, tol=0.0, progress=False)
+    assert result.converged
+    # Adam with a decaying step size: converges tightly on this small problem.
+    schedule = optimizers.exponential_decay(0.05, 700, 0.1)
     params, svi = model.optimize(
         data,
-        num_steps=4000,
+        num_steps=2000,
         rng_key=jax.random.PRNGKey(0),
-        optimizer=numpyro.optim.Adam(0.02),
+        optimizer=numpyro.optim.Adam(schedule),
         fixed_params=fixed,
         svi_run_kwargs={"progress_bar": False},
     )
     fit_obj = reference_objective(model, data, result.params, fixed)
     opt_obj = reference_objective(model, data, params, fixed)
     np.testing.assert_allclose(float(result.losses[-1]), fit_obj, rtol=1e-10)
-    # EM reaches the optimum: MAP cannot do better, and gets very close.
-    assert fit_obj <= opt_obj + 1e-8
-    assert opt_obj - fit_obj < 1e-5
-    # Both report the same quantity (−log likelihood − log prior of free params).
-    assert abs(float(svi.losses[-1]) - float(result.losses[-1])) < 1e-4
+    # Both find the same optimum of the same objective ...
+    assert abs(opt_obj - fit_obj) < 1e-8
+    # ... and report it as the same quantity (−log likelihood − log prior).
+    assert abs(float(svi.losses[-1]) - float(result.losses[-1])) < 1e-8
     for name, pname in [
         ("flux", "A"),
         ("flux", "s"),
@@ -378,9 +391,12 @@ def test_fixed_latents_fit_matches_optimize():
         np.testing.assert_allclose(
             params[name][pname],
             result.params[name][pname],
-            atol=2e-4,
+            rtol=1e-6,
+            atol=1e-7,
             err_msg=f"{name}:{pname}",
         )
+    # Fixed values are passed through by both.
+    np.testing.assert_array_equal(params["flux"]["b"], result.params["flux"]["b"])
 
 
 # ----------------------------------------------------------------------------------
@@ -465,11 +481,17 @@ def test_fully_masked_star_changes_no_other_star():
     less = model.fit(
         data[keep], fixed_params=fixed_less, max_iter=MAX_ITER, tol=0.0, progress=False
     )
-    np.testing.assert_allclose(less.losses, result.losses, rtol=1e-10)
+    # (tol=0 stops at the first iteration that changes nothing: rounding may make
+    # that one iteration earlier or later, so compare the common history.)
+    m = min(len(less.losses), len(result.losses)) - 1
+    np.testing.assert_allclose(less.losses[:m], result.losses[:m], rtol=1e-10)
+    np.testing.assert_allclose(less.losses[-1], result.losses[-1], rtol=1e-10)
+    # Both runs end at the same fixed point; ``s`` is only resolved to about
+    # sqrt(eps) there (its step is accepted when the objective improves).
     for name in ("flux", "label"):
         for pname, value in result.params[name].items():
             np.testing.assert_allclose(
-                less.params[name][pname], value, rtol=1e-9, atol=1e-12
+                less.params[name][pname], value, rtol=1e-7, atol=1e-10
             )
 
 
@@ -503,14 +525,26 @@ def test_predict_matches_dense_propagation():
     np.testing.assert_array_equal(only["label"].err, pred["label"].err)
 
 
+def test_infer_latents_accepts_fit_params_for_other_stars():
+    """Train and apply: the params returned by fit serve to infer new stars."""
+    model, _, data, result = _fit("scatter")
+    transforms = {name: result.params[name] for name in model.outputs}
+    expected = model.infer_latents(data, transforms, names=["flux"])
+    post = model.infer_latents(data[:10], result.params, names=["flux"])
+    np.testing.assert_allclose(post.mean, expected.mean[:10], rtol=1e-12)
+    np.testing.assert_allclose(post.cov, expected.cov[:10], rtol=1e-12)
+
+
 # ----------------------------------------------------------------------------------
 # 8. Train / apply on simulated data, physical units, calibration
 # ----------------------------------------------------------------------------------
 @functools.cache
 def _simulated():
-    n_train, n_test = 400, 400
+    # The predictive errors leave out the uncertainty of the fitted parameters:
+    # the training set is large next to K x n_flux so that it is negligible here.
+    n_train, n_test, n_flux = 1000, 500, 12
     obs, truth = plx.datasets.make_simulated_linear_data(
-        n_stars=n_train + n_test, n_latents=3, n_labels=2, n_flux=24, rng=7
+        n_stars=n_train + n_test, n_latents=3, n_labels=2, n_flux=n_flux, rng=1
     )
     raw = PolluxData(
         flux=OutputData(
@@ -527,7 +561,7 @@ def _simulated():
     pre = raw.preprocess()
     train, test = pre[:n_train], pre[n_train:]
     model = plx.LuxModel(latent_size=3)
-    model.register_output("flux", AffineTransform(24))
+    model.register_output("flux", AffineTransform(n_flux))
     model.register_output("label", AffineTransform(2))
     result = model.fit(train, max_iter=200, progress=False)
     post = model.infer_latents(test, result.params, names=["flux"])
@@ -557,7 +591,7 @@ def test_flux_only_label_uncertainties_are_calibrated():
     )
     assert np.all(np.isfinite(zscores))
     std = zscores.std(axis=0)
-    assert np.all((std > 0.8) & (std < 1.2)), std
+    assert np.all((std > 0.85) & (std < 1.15)), std
     assert np.all(np.abs(zscores.mean(axis=0)) < 0.3), zscores.mean(axis=0)
 
 
@@ -634,6 +668,8 @@ def test_fit_refuses_invalid_tol(tol):
 # ----------------------------------------------------------------------------------
 # 10. float32 (JAX's default precision, x64 off, in a fresh interpreter)
 # ----------------------------------------------------------------------------------
+F32_ITER = 300  # long enough for float32 and float64 runs to reach the same optimum
+
 _FLOAT32_SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -644,52 +680,70 @@ _FLOAT32_SCRIPT = textwrap.dedent(
     import pollux as plx
     from pollux.models.transforms import AffineTransform, LinearTransform
 
-    arrays = np.load(sys.argv[1])
+    a = np.load(sys.argv[1])
     data = plx.data.PolluxData(
-        flux=plx.data.OutputData(arrays["y1"], err=arrays["e1"]),
-        label=plx.data.OutputData(arrays["y2"], err=arrays["e2"]),
+        flux=plx.data.OutputData(a["y1"], err=a["e1"]),
+        label=plx.data.OutputData(a["y2"], err=a["e2"]),
     )
-    model = plx.LuxModel(latent_size=int(arrays["k"]))
-    d1, d2 = arrays["y1"].shape[1], arrays["y2"].shape[1]
+    model = plx.LuxModel(latent_size=int(a["k"]))
+    d1, d2 = a["y1"].shape[1], a["y2"].shape[1]
     model.register_output("flux", AffineTransform(d1, param_priors={
         "A": dist.Normal(0.1, 2.0), "b": dist.Normal(0.0, 10.0),
         "s": dist.HalfNormal(1.0).expand((d1,))}))
     model.register_output("label", LinearTransform(d2, param_priors={
         "s": dist.HalfNormal(1.0)}))
-    result = model.fit(data, max_iter=int(arrays["max_iter"]), tol=0.0, progress=False)
+    result = model.fit(data, max_iter=int(a["max_iter"]), tol=0.0, progress=False)
     post = model.infer_latents(data, result.params, names=["flux"])
     pred = model.predict(post, result.params)
+    # The objective at given (float64-fitted) parameters, evaluated in float32.
+    given = {
+        "flux": {"A": a["flux_A"], "b": a["flux_b"], "s": a["flux_s"]},
+        "label": {"A": a["label_A"], "s": a["label_s"]},
+    }
+    at_given = model.fit(data, fixed_params=given, max_iter=1, progress=False)
     leaves = {
         "losses": result.losses,
         "flux_A": result.params["flux"]["A"],
+        "flux_b": result.params["flux"]["b"],
         "flux_s": result.params["flux"]["s"],
         "label_s": result.params["label"]["s"],
         "post_mean": post.mean,
         "post_cov": post.cov,
         "pred_label": pred["label"].data,
         "pred_label_err": pred["label"].err,
+        "loss_at_given": at_given.losses,
     }
     out = {k: {"dtype": str(v.dtype), "finite": bool(np.all(np.isfinite(v)))}
            for k, v in leaves.items()}
-    out["final_loss"] = float(result.losses[-1])
-    out["pred_label_values"] = np.asarray(pred["label"].data, dtype=float).tolist()
-    out["pred_label_err_values"] = np.asarray(pred["label"].err, dtype=float).tolist()
-    print("RESULT" + json.dumps(out))
+    values = {
+        "final_loss": float(result.losses[-1]),
+        "loss_at_given": float(at_given.losses[0]),
+        "pred_label": np.asarray(pred["label"].data, dtype=float).tolist(),
+        "pred_label_err": np.asarray(pred["label"].err, dtype=float).tolist(),
+    }
+    print("RESULT" + json.dumps({"leaves": out, "values": values}))
     """
 )
 
 
 def test_float32_fit_in_fresh_interpreter(tmp_path):
-    data = _data()
+    model, _, data, result = _fit("scatter", max_iter=F32_ITER)
+    p = result.params
     arrays = tmp_path / "arrays.npz"
+    f32 = functools.partial(np.asarray, dtype=np.float32)
     np.savez(
         arrays,
-        y1=np.asarray(data["flux"].data, np.float32),
-        e1=np.asarray(data["flux"].err, np.float32),
-        y2=np.asarray(data["label"].data, np.float32),
-        e2=np.asarray(data["label"].err, np.float32),
+        y1=f32(data["flux"].data),
+        e1=f32(data["flux"].err),
+        y2=f32(data["label"].data),
+        e2=f32(data["label"].err),
         k=K,
-        max_iter=MAX_ITER,
+        max_iter=F32_ITER,
+        flux_A=f32(p["flux"]["A"]),
+        flux_b=f32(p["flux"]["b"]),
+        flux_s=f32(p["flux"]["s"]),
+        label_A=f32(p["label"]["A"]),
+        label_s=f32(p["label"]["s"]),
     )
     script = tmp_path / "run32.py"
     script.write_text(_FLOAT32_SCRIPT)
@@ -705,23 +759,29 @@ def test_float32_fit_in_fresh_interpreter(tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT"))
     out = json.loads(line[len("RESULT") :])
-    for key in (
-        "losses",
-        "flux_A",
-        "flux_s",
-        "label_s",
-        "post_mean",
-        "post_cov",
-        "pred_label",
-        "pred_label_err",
-    ):
-        assert out[key]["dtype"] == "float32", (key, out[key])
-        assert out[key]["finite"], key
-    # The same fit in float64: the objective and the (rotation-invariant)
-    # predictions agree to float32 accuracy.
-    model, _, data64, result = _fit("scatter")
-    post = model.infer_latents(data64, result.params, names=["flux"])
-    pred = model.predict(post, result.params)
-    np.testing.assert_allclose(out["final_loss"], float(result.losses[-1]), rtol=1e-4)
-    np.testing.assert_allclose(out["pred_label_values"], pred["label"].data, atol=1e-3)
-    np.testing.assert_allclose(out["pred_label_err_values"], pred["label"].err, rtol=1e-3)
+    for key, leaf in out["leaves"].items():
+        assert leaf["dtype"] == "float32", (key, leaf)
+        assert leaf["finite"], key
+    values = out["values"]
+    # The objective at the same parameters, evaluated in float32 vs float64.
+    given64 = {
+        name: {k: np.asarray(f32(v), dtype=float) for k, v in p[name].items()}
+        for name in model.outputs
+    }
+    expected = reference_objective(model, data, given64, given64)
+    np.testing.assert_allclose(values["loss_at_given"], expected, rtol=1e-5)
+    # The float32 fit reaches the float64 optimum to float32 accuracy (it stops
+    # once its float32 objective stops changing): the objective and the
+    # rotation-invariant predictions agree. The prior predictive of the star with
+    # nothing observed depends on |W| along weakly determined directions: looser.
+    post = model.infer_latents(data, p, names=["flux"])
+    pred = model.predict(post, p)
+    np.testing.assert_allclose(
+        values["final_loss"], float(result.losses[-1]), rtol=1e-5
+    )
+    pred32 = np.asarray(values["pred_label"])
+    err32 = np.asarray(values["pred_label_err"])
+    seen = np.arange(N) != FULL
+    np.testing.assert_allclose(pred32, pred["label"].data, atol=2e-3)
+    np.testing.assert_allclose(err32[seen], pred["label"].err[seen], rtol=2e-3)
+    np.testing.assert_allclose(err32[FULL], pred["label"].err[FULL], rtol=1e-2)

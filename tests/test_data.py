@@ -128,9 +128,7 @@ def test_output_data_nan_is_kept_as_missing():
     x = np.array([[1.0, np.nan], [2.0, 3.0], [4.0, 5.0]])
     out = OutputData(x, err=np.full_like(x, 0.1))
     assert np.isnan(np.asarray(out.data)[0, 1])
-    p = OutputData(
-        x, preprocessor=ShiftScalePreprocessor.from_data(x)
-    ).preprocess()
+    p = OutputData(x, preprocessor=ShiftScalePreprocessor.from_data(x)).preprocess()
     np.testing.assert_array_equal(np.isnan(np.asarray(p.data)), np.isnan(x))
 
 

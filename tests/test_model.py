@@ -25,7 +25,6 @@ from pollux.models.transforms import (
     TransformSequence,
 )
 
-
 QUIET = {"progress_bar": False}
 
 # Sizes of the shared simulated data (tests/conftest.py: make_data defaults).
@@ -54,7 +53,10 @@ def fitted(pre_data):
     """One short fit of the default two-output model, shared by several tests."""
     model = make_model()
     params, result = model.optimize(
-        pre_data, num_steps=300, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
+        pre_data,
+        num_steps=300,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
         svi_run_kwargs=QUIET,
     )
     return model, params, result
@@ -143,7 +145,7 @@ def test_predict_outputs_sequence_with_per_star_params(rng):
 
 
 def test_optimize_result_layout(fitted):
-    model, params, result = fitted
+    _, params, result = fitted
     assert set(params) == {"flux", "label", "latents"}
     assert set(params["flux"]) == {"A"}
     assert set(params["label"]) == {"A"}
@@ -176,23 +178,12 @@ def test_optimize_fits_the_data(fitted, pre_data):
 
 
 def test_optimize_reproducible(pre_data):
-    model = make_model()
     kw = dict(num_steps=50, optimizer=adam(), svi_run_kwargs=QUIET)
-    p1, r1 = model.optimize(pre_data, rng_key=jax.random.PRNGKey(7), **kw)
-    p2, r2 = model.optimize(pre_data, rng_key=jax.random.PRNGKey(7), **kw)
+    p1, r1 = make_model().optimize(pre_data, rng_key=jax.random.PRNGKey(7), **kw)
+    # a fresh model, and an int seed instead of a key: the same result
+    p2, r2 = make_model().optimize(pre_data, rng_key=7, **kw)
     assert_trees_equal(p1, p2)
     np.testing.assert_array_equal(np.asarray(r1.losses), np.asarray(r2.losses))
-    # an int seed is accepted as well
-    p3, _ = make_model().optimize(pre_data, rng_key=7, **kw)
-    assert_trees_equal(p1, p3)
-
-
-def test_optimize_default_optimizer(pre_data):
-    params, result = make_model().optimize(
-        pre_data[:20], num_steps=5, rng_key=jax.random.PRNGKey(0), svi_run_kwargs=QUIET
-    )
-    assert result.losses.shape == (5,)
-    assert params["latents"].shape == (20, N_LATENTS)
 
 
 def test_fixed_params_respected_exactly(pre_data, rng):
@@ -200,7 +191,10 @@ def test_fixed_params_respected_exactly(pre_data, rng):
     A_fixed = rng.normal(size=(N_FLUX, N_LATENTS))
     z_fixed = rng.normal(size=(N_STARS, N_LATENTS))
     params, result = model.optimize(
-        pre_data, num_steps=100, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
+        pre_data,
+        num_steps=100,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
         fixed_params={"flux": {"A": A_fixed}, "latents": z_fixed},
         svi_run_kwargs=QUIET,
     )
@@ -216,11 +210,18 @@ def test_fixed_params_respected_exactly(pre_data, rng):
 def test_fixed_transforms_fit_latents_only(pre_data, fitted):
     """Train and apply: freeze the trained matrices, fit new stars' latents."""
     model, trained, _ = fitted
-    test = pre_data[N_STARS // 2 :]
+    # the same stars as in training, but their labels are not used now (and
+    # equal array shapes keep the compiled kernels cached across tests)
+    test = pre_data
     fixed = {"flux": {"A": trained["flux"]["A"]}, "label": {"A": trained["label"]["A"]}}
     params, _ = model.optimize(
-        test, num_steps=200, rng_key=jax.random.PRNGKey(1), optimizer=adam(),
-        fixed_params=fixed, names=["flux"], svi_run_kwargs=QUIET,
+        test,
+        num_steps=200,
+        rng_key=jax.random.PRNGKey(1),
+        optimizer=adam(),
+        fixed_params=fixed,
+        names=["flux"],
+        svi_run_kwargs=QUIET,
     )
     assert params["latents"].shape == (len(test), N_LATENTS)
     assert set(params) == {"flux", "label", "latents"}  # fixed ones are returned
@@ -235,29 +236,33 @@ def test_fixed_transforms_fit_latents_only(pre_data, fitted):
 
 def test_names_restricts_likelihood(pre_data, rng):
     model = make_model()
-    kw = dict(num_steps=100, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
-              svi_run_kwargs=QUIET)
-    p_names, r_names = model.optimize(pre_data, names=["flux"], **kw)
-    assert set(p_names) == {"flux", "latents"}
-    # same as data that only has the flux...
-    p_flux, r_flux = model.optimize(PolluxData(flux=pre_data["flux"]), **kw)
-    assert_trees_equal(p_names, p_flux)
-    np.testing.assert_allclose(np.asarray(r_names.losses), np.asarray(r_flux.losses))
-    # ...and the label values do not enter at all
+    kw = dict(
+        num_steps=100,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
+        svi_run_kwargs=QUIET,
+    )
+    # labels that would pull the fit far away, were they used
     garbage = PolluxData(
         flux=pre_data["flux"],
-        label=OutputData(rng.normal(50.0, 10.0, size=(N_STARS, N_LABELS)),
-                         err=np.full((N_STARS, N_LABELS), 1e-3)),
+        label=OutputData(
+            rng.normal(50.0, 10.0, size=(N_STARS, N_LABELS)),
+            err=np.full((N_STARS, N_LABELS), 1e-3),
+        ),
     )
-    p_garbage, _ = model.optimize(garbage, names="flux", **kw)
-    assert_trees_equal(p_names, p_garbage)
+    p_names, r_names = model.optimize(garbage, names=["flux"], **kw)
+    assert set(p_names) == {"flux", "latents"}
+    # the same as data that only has the flux (names=None: what the data holds)
+    p_flux, r_flux = model.optimize(PolluxData(flux=pre_data["flux"]), **kw)
+    assert_trees_equal(p_names, p_flux)
+    np.testing.assert_array_equal(np.asarray(r_names.losses), np.asarray(r_flux.losses))
 
 
 @pytest.fixture(scope="module")
 def latent_problem():
     """Flux with large errors and known matrix: the latent prior matters."""
     rng = np.random.default_rng(11)
-    n, k, d = 30, 2, 5
+    n, k, d = N_STARS, N_LATENTS, N_FLUX
     A = rng.normal(size=(d, k))
     err = np.full((n, d), 0.8)
     y = rng.normal(size=(n, k)) @ A.T + err * rng.normal(size=(n, d))
@@ -281,28 +286,35 @@ def latent_problem():
 def test_latent_prior(latent_problem, latent_prior, precision):
     model, data, A, map_latents = latent_problem
     params, _ = model.optimize(
-        data, num_steps=600, rng_key=jax.random.PRNGKey(0), optimizer=adam(0.05),
-        fixed_params={"flux": {"A": A}}, latent_prior=latent_prior,
+        data,
+        num_steps=600,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(0.01),
+        fixed_params={"flux": {"A": A}},
+        latent_prior=latent_prior,
         svi_run_kwargs=QUIET,
     )
     expected = map_latents(precision)
-    np.testing.assert_allclose(np.asarray(params["latents"]), expected, atol=1e-3)
+    # (Adam jitters around the optimum by about its step size)
+    np.testing.assert_allclose(np.asarray(params["latents"]), expected, atol=5e-3)
     # the three priors give clearly different answers
     for other in (0.0, 1.0, 4.0):
         if other != precision:
-            assert np.abs(map_latents(other) - expected).max() > 0.02
+            assert np.abs(map_latents(other) - expected).max() > 0.1
 
 
 def test_latent_prior_normal_unit_equals_default(latent_problem):
-    model, data, A, _ = latent_problem
-    kw = dict(num_steps=20, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
-              svi_run_kwargs=QUIET)
+    model, data, _, _ = latent_problem
+    # (also: optimizer=None is numpyro's Adam(1e-3))
+    kw = dict(num_steps=20, rng_key=jax.random.PRNGKey(0), svi_run_kwargs=QUIET)
     p1, r1 = model.optimize(data, latent_prior=None, **kw)
     p2, r2 = model.optimize(data, latent_prior=dist.Normal(0.0, 1.0), **kw)
     np.testing.assert_allclose(np.asarray(r1.losses), np.asarray(r2.losses), rtol=1e-10)
     np.testing.assert_allclose(
         np.asarray(p1["latents"]), np.asarray(p2["latents"]), rtol=1e-8, atol=1e-10
     )
+    assert r1.losses.shape == (20,)
+    assert np.asarray(r1.losses)[-1] < np.asarray(r1.losses)[0]
 
 
 def test_scatter_parameters(pre_data):
@@ -311,7 +323,10 @@ def test_scatter_parameters(pre_data):
         label_priors={"s": dist.HalfNormal(1.0)},
     )
     params, result = model.optimize(
-        pre_data, num_steps=100, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
+        pre_data,
+        num_steps=100,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
         svi_run_kwargs=QUIET,
     )
     assert params["flux"]["s"].shape == (N_FLUX,)
@@ -328,7 +343,10 @@ def test_output_without_err_needs_scatter(pre_data):
     )
     data = PolluxData(flux=OutputData(pre_data["flux"].data))  # no err
     params, result = model.optimize(
-        data, num_steps=200, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
+        data,
+        num_steps=200,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
         svi_run_kwargs=QUIET,
     )
     assert np.isfinite(np.asarray(result.losses)).all()
@@ -360,8 +378,12 @@ def _with_missing(pre_data, nan_err, hidden_value):
 
 def test_missing_values_drop_out(pre_data):
     model = make_model()
-    kw = dict(num_steps=100, rng_key=jax.random.PRNGKey(0), optimizer=adam(),
-              svi_run_kwargs=QUIET)
+    kw = dict(
+        num_steps=100,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(),
+        svi_run_kwargs=QUIET,
+    )
     p1, r1 = model.optimize(_with_missing(pre_data, 0.1, 0.0), **kw)
     assert np.isfinite(np.asarray(r1.losses)).all()
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(p1))
@@ -373,7 +395,9 @@ def test_missing_values_drop_out(pre_data):
     data3 = _with_missing(pre_data, 0.1, 0.0)
     label = np.array(data3["label"].data)
     label[1, 1] += 5.0
-    data3 = PolluxData(flux=data3["flux"], label=OutputData(label, err=data3["label"].err))
+    data3 = PolluxData(
+        flux=data3["flux"], label=OutputData(label, err=data3["label"].err)
+    )
     p3, _ = model.optimize(data3, **kw)
     assert not np.allclose(np.asarray(p3["latents"]), np.asarray(p1["latents"]))
 
@@ -382,17 +406,19 @@ def test_missing_values_drop_out(pre_data):
 
 
 def test_function_transform_in_optimize():
+    """A non-linear output: learn it from stars with known latents, then infer
+    new stars' latents from that output alone."""
     rng = np.random.default_rng(5)
-    n, k, d = 40, 2, 5
-    z = rng.normal(size=(n, k))
+    n, k, d = N_STARS, N_LATENTS, N_FLUX
     W = rng.normal(size=(d, k))
-    y_true = np.tanh(z @ W.T) + 0.5
     err = np.full((n, d), 0.05)
-    y = y_true + err * rng.normal(size=(n, d))
-    label = z + 0.05 * rng.normal(size=(n, k))
-    data = PolluxData(
-        flux=OutputData(y, err=err), label=OutputData(label, err=np.full((n, k), 0.05))
-    )
+
+    def simulate(z):
+        y_true = np.tanh(z @ W.T) + 0.5
+        return y_true, y_true + err * rng.normal(size=(n, d))
+
+    z_train = rng.normal(size=(n, k))
+    y_true, y = simulate(z_train)
     model = plx.LuxModel(latent_size=k)
     model.register_output(
         "flux",
@@ -403,25 +429,41 @@ def test_function_transform_in_optimize():
             param_shapes={"w": ("output_size", "input_size"), "c": ("output_size",)},
         ),
     )
-    model.register_output("label", LinearTransform(k))
+    kw = dict(
+        num_steps=500,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(0.03),
+        svi_run_kwargs=QUIET,
+    )
     params, result = model.optimize(
-        data, num_steps=500, rng_key=jax.random.PRNGKey(0), optimizer=adam(0.03),
-        fixed_params={"label": {"A": np.eye(k)}}, svi_run_kwargs=QUIET,
+        PolluxData(flux=OutputData(y, err=err)), fixed_params={"latents": z_train}, **kw
     )
     assert params["flux"]["w"].shape == (d, k)
     assert params["flux"]["c"].shape == (d,)
     losses = np.asarray(result.losses)
-    assert losses[-1] < 0.1 * losses[0]
-    pred = np.asarray(model.predict_outputs(params["latents"], params)["flux"])
-    # the data spread is ~0.7; the fit gets close to the noise-free truth
-    assert np.sqrt(np.mean((pred - y_true) ** 2)) < 0.15
-    np.testing.assert_allclose(np.asarray(params["flux"]["c"]), 0.5, atol=0.15)
+    assert losses[-1] < 0.1 * abs(losses[0])
+    pred = np.asarray(model.predict_outputs(z_train, params)["flux"])
+    # the spread of the data is ~0.7; the fit gets close to the noise-free truth
+    assert np.sqrt(np.mean((pred - y_true) ** 2)) < 0.1
+    np.testing.assert_allclose(np.asarray(params["flux"]["c"]), 0.5, atol=0.05)
+    np.testing.assert_allclose(np.asarray(params["flux"]["w"]), W, atol=0.3)
+
+    z_new = rng.normal(size=(n, k))
+    _, y_new = simulate(z_new)
+    applied, _ = model.optimize(
+        PolluxData(flux=OutputData(y_new, err=err)),
+        fixed_params={"flux": params["flux"]},
+        **kw,
+    )
+    found = np.asarray(applied["latents"])
+    for i in range(k):
+        assert np.corrcoef(found[:, i], z_new[:, i])[0, 1] > 0.95
 
 
 def test_sequence_with_per_star_offsets_in_optimize():
     """Magnitudes = linear(latents) + an unknown per-star offset (distance modulus)."""
     rng = np.random.default_rng(3)
-    n, k, d = 48, 2, 6
+    n, k, d = N_STARS, N_LATENTS, N_FLUX
     z = rng.normal(size=(n, k))
     B = rng.normal(size=(d, k))
     offset = rng.normal(0.0, 2.0, size=n)
@@ -443,7 +485,10 @@ def test_sequence_with_per_star_offsets_in_optimize():
     # A z + c and (A + 1 v^T) z + (c - v.z) predict the same magnitudes, so the
     # offsets are only identifiable with the linear part known: fix it.
     params, result = model.optimize(
-        data, num_steps=300, rng_key=jax.random.PRNGKey(0), optimizer=adam(0.1),
+        data,
+        num_steps=300,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(0.1),
         fixed_params={"label": {"A": np.eye(k)}, "mag": {"0:A": B}},
         svi_run_kwargs=QUIET,
     )
@@ -491,7 +536,8 @@ FLOAT32_SCRIPT = textwrap.dedent(
         "loss_first": float(res.losses[0]),
         "loss_last": float(res.losses[-1]),
         "losses_finite": bool(np.isfinite(np.asarray(res.losses)).all()),
-        "rms": float(np.sqrt(np.mean(np.asarray(pred["label"] - data["label"].data)**2))),
+        "chi2": float(np.mean(np.asarray(
+            (pred["flux"] - data["flux"].data) / data["flux"].err)**2)),
     }))
     """
 )
@@ -503,7 +549,11 @@ def test_optimize_float32_subprocess():
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
         [sys.executable, "-c", FLOAT32_SCRIPT],
-        capture_output=True, text=True, env=env, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -512,7 +562,7 @@ def test_optimize_float32_subprocess():
     assert out["finite"]
     assert out["losses_finite"]
     assert out["loss_last"] < out["loss_first"]
-    assert out["rms"] < 0.1
+    assert 0.3 < out["chi2"] < 2.0
 
 
 def test_shared_data_sizes(pre_data):

@@ -241,7 +241,8 @@ def test_scatter_on_sequence():
 def test_scatter_only_on_last_member():
     with pytest.raises(ValueError, match="member 0"):
         TransformSequence(
-            LinearTransform(D, param_priors={"s": dist.HalfNormal()}), AffineTransform(2)
+            LinearTransform(D, param_priors={"s": dist.HalfNormal()}),
+            AffineTransform(2),
         )
 
 
@@ -272,7 +273,9 @@ def test_scatter_bad_support_on_function_transform():
 # Constructor checks -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size, exc", [(0, ValueError), (2.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "size, exc", [(0, ValueError), (2.0, TypeError), (True, TypeError)]
+)
 def test_bad_output_size(size, exc):
     with pytest.raises(exc, match="output_size"):
         LinearTransform(size)

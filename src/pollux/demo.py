@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "STAGES",
     "TUTORIAL_NUM_STEPS",
     "DemoResult",
     "Row",

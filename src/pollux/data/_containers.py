@@ -333,6 +333,13 @@ class PolluxData(eqx.Module):
                 values, err = value.data, value.err
             else:
                 values, err = jnp.asarray(value), None
+            width = self.outputs[name].size
+            if values.ndim != 2 or values.shape[1] != width:
+                msg = (
+                    f"PolluxData.unprocess(): {name!r} values must have shape "
+                    f"(n_stars, {width}), got {tuple(values.shape)}"
+                )
+                raise ValueError(msg)
             out[name] = OutputData(
                 pre.inverse_transform(values),
                 err=None if err is None else pre.inverse_transform_err(err),

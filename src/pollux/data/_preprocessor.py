@@ -38,8 +38,8 @@ class NullPreprocessor(AbstractPreprocessor):
 
     Examples
     --------
-    >>> NullPreprocessor().transform(2.0)
-    Array(2., dtype=float32, weak_type=True)
+    >>> float(NullPreprocessor().transform(2.0))
+    2.0
     """
 
     def transform(self, x: ArrayLike) -> Array:

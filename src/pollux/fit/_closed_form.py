@@ -16,6 +16,7 @@ from ..models._checks import (
     check_latents_shape,
     check_params,
     resolve_names,
+    transform_params,
 )
 from ..models.transforms import SCATTER
 from . import _em
@@ -46,8 +47,14 @@ def _require_affine(model: LuxModel, names: tuple[str, ...], call: str) -> None:
 def _blocks(model, data, names, fixed, call) -> tuple[Block, ...]:
     blocks = []
     for name in names:
-        block = block_from_output(data[name])
         t = model.outputs[name]
+        if data[name].size != t.output_size:
+            msg = (
+                f"{call}: output {name!r} has {data[name].size} dimensions in the data "
+                f"but its transform has output_size={t.output_size}"
+            )
+            raise ValueError(msg)
+        block = block_from_output(data[name])
         has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
         check_variance_defined(
             block, name, has_scatter, data[name].err is not None, call
@@ -148,10 +155,11 @@ def fit_em(
                 fixed_latents,
                 prev,
                 threshold,
-                min(_CHUNK, max_iter),
+                jnp.asarray(max_iter - n_iter),
+                _CHUNK,
                 accelerate,
             )
-            n_done = min(int(n_done), max_iter - n_iter)
+            n_done = int(n_done)
             chunk = np.asarray(chunk)[:n_done]
             if not np.all(np.isfinite(chunk)):
                 msg = (
@@ -226,7 +234,9 @@ def infer_latents(
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
     _require_affine(model, names, call)
-    params = check_params(model, params, len(data), call, "params", required=names)
+    params = check_params(
+        model, transform_params(params), len(data), call, "params", required=names
+    )
     blocks = _blocks(model, data, names, params, call)
     dtype = blocks[0].y.dtype
     Ws, bs, s2s = jax.tree.map(
@@ -261,14 +271,20 @@ def predict(
         names = [n for n in model.outputs if n in params]
     names = resolve_names(model, names, call)
     _require_affine(model, names, call)
-    params = check_params(model, params, None, call, "params", required=names)
+    params = check_params(
+        model, transform_params(params), None, call, "params", required=names
+    )
     out = {}
     for name, W, b, s2 in zip(
         names, *_affine_params(model, params, names, call), strict=True
     ):
         dtype = posterior.mean.dtype
         mean, err = _predict_kernel(
-            posterior.mean, posterior.cov, W.astype(dtype), b.astype(dtype), s2
+            posterior.mean,
+            posterior.cov,
+            W.astype(dtype),
+            b.astype(dtype),
+            s2.astype(dtype),
         )
         out[name] = OutputData(mean, err=err, preprocessed=True)
     return PolluxData(**out)

@@ -328,12 +328,14 @@ def em_chunk(
     fixed_latents: Array | None,
     prev_loss: Array,
     threshold: Array,
+    max_steps: Array,
     n_steps: int,
     accelerate: bool = False,
 ) -> tuple[tuple[dict, ...], Array, Array, Array]:
-    """Up to ``n_steps`` EM iterations (or SQUAREM cycles) in one compiled loop.
+    """Up to ``min(max_steps, n_steps)`` EM iterations (or SQUAREM cycles) in one
+    compiled loop (``n_steps`` is the static buffer length).
 
-    Stops early once an iteration lowers the objective by at most ``threshold``.
+    Stops early once an iteration changes the objective by at most ``threshold``.
     Returns the parameters, the objective at the start of each iteration (NaN past
     the last), the number of iterations run and whether it converged.
     """
@@ -342,7 +344,7 @@ def em_chunk(
 
     def cond(state):
         i, _, _, _last, done = state
-        return (i < n_steps) & ~done
+        return (i < jnp.minimum(max_steps, n_steps)) & ~done
 
     def body(state):
         i, p, losses, last, _ = state

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 import numpyro.optim
@@ -141,6 +142,60 @@ def _init_from_values(site=None, values=None):
     return init_to_median(site)
 
 
+def _check_rng_key(rng_key: Any, call: str) -> jax.Array:
+    if isinstance(rng_key, (int, np.integer)) and not isinstance(rng_key, bool):
+        return jax.random.PRNGKey(int(rng_key))
+    if isinstance(rng_key, jax.Array) and jax.dtypes.issubdtype(
+        rng_key.dtype, jax.dtypes.prng_key
+    ):
+        return rng_key
+    arr = np.asarray(rng_key) if hasattr(rng_key, "dtype") else None
+    if arr is None or arr.dtype != np.uint32 or arr.shape != (2,):
+        msg = (
+            f"{call}(rng_key=...): expected a key from jax.random.PRNGKey(seed) (or "
+            f"an int seed), got {rng_key!r}"
+        )
+        raise TypeError(msg)
+    return jnp.asarray(arr)
+
+
+def _check_optimizer(optimizer: Any, call: str) -> None:
+    is_numpyro = isinstance(optimizer, numpyro.optim._NumPyroOptim)
+    is_optax = hasattr(optimizer, "init") and hasattr(optimizer, "update")
+    if not (is_numpyro or is_optax):
+        msg = (
+            f"{call}(optimizer=...): expected a numpyro optimiser such as "
+            f"numpyro.optim.Adam(1e-3) (or an optax one), got {optimizer!r}"
+        )
+        raise TypeError(msg)
+
+
+def _check_output_shapes(model, names, blocks, fixed, n, call) -> None:
+    """Evaluate each transform's output shape abstractly, before any tracing."""
+    k = model.latent_size
+    for name in names:
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        structs = {
+            p: jax.ShapeDtypeStruct(shape, blocks[name].y.dtype)
+            for p, shape in t.param_shapes(k, n).items()
+            if p != SCATTER
+        }
+        structs.update({p: v for p, v in fx.items() if p != SCATTER})
+        z = jax.ShapeDtypeStruct((n, k), blocks[name].y.dtype)
+        try:
+            out = jax.eval_shape(lambda z, p, t=t: t.apply(z, **p), z, structs)
+        except Exception as err:
+            msg = f"{call}: the transform of output {name!r} fails on its inputs: {err}"
+            raise ValueError(msg) from err
+        if tuple(out.shape) != (n, t.output_size):
+            msg = (
+                f"{call}: the transform of output {name!r} returns shape "
+                f"{tuple(out.shape)}, expected ({n}, {t.output_size})"
+            )
+            raise ValueError(msg)
+
+
 def optimize_map(
     model: LuxModel,
     data: PolluxData,
@@ -158,16 +213,10 @@ def optimize_map(
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
         msg = f"{call}(num_steps=...): expected a positive int, got {num_steps!r}"
         raise ValueError(msg)
-    if isinstance(rng_key, int) and not isinstance(rng_key, bool):
-        rng_key = jax.random.PRNGKey(rng_key)
-    elif not (hasattr(rng_key, "shape") and hasattr(rng_key, "dtype")):
-        msg = (
-            f"{call}(rng_key=...): expected a key from jax.random.PRNGKey(seed) (or "
-            f"an int seed), got {type(rng_key).__name__}"
-        )
-        raise TypeError(msg)
+    rng_key = _check_rng_key(rng_key, call)
     if optimizer is None:
         optimizer = numpyro.optim.Adam(1e-3)
+    _check_optimizer(optimizer, call)
     if svi_run_kwargs is None:
         svi_run_kwargs = {}
     if not isinstance(svi_run_kwargs, dict):
@@ -180,6 +229,7 @@ def optimize_map(
     blocks = dict(zip(names, block_list, strict=True))
     dtype = block_list[0].y.dtype
     fixed = jax.tree.map(lambda a: jnp.asarray(a, dtype), fixed)
+    _check_output_shapes(model, names, blocks, fixed, n, call)
 
     values = _initial_values(model, names, blocks, fixed, latent_dist, n)
     guide = AutoDelta(

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..data import PolluxData
+from .transforms import SCATTER
 
 if TYPE_CHECKING:
     from .lux import LuxModel
@@ -53,7 +54,16 @@ def resolve_names(
         return chosen
     if isinstance(names, str):
         names = (names,)
+    if not isinstance(names, Iterable) or not all(isinstance(n, str) for n in names):
+        msg = (
+            f"{call}(names=...): expected an output name or a list of names, "
+            f"got {names!r}"
+        )
+        raise TypeError(msg)
     chosen = tuple(names)
+    if len(set(chosen)) != len(chosen):
+        msg = f"{call}(names=...): names must not repeat, got {list(chosen)}"
+        raise ValueError(msg)
     if not chosen:
         msg = f"{call}(names=...): give at least one output name"
         raise ValueError(msg)
@@ -142,6 +152,9 @@ def check_params(
             if tuple(arr.shape) != tuple(expected):
                 msg = f"{where}: expected shape {expected}, got {tuple(arr.shape)}"
                 raise ValueError(msg)
+            if pname == SCATTER and bool(np.any(np.asarray(arr) < 0)):
+                msg = f"{where}: the extra scatter 's' must be >= 0"
+                raise ValueError(msg)
             sub[pname] = arr
         out[key] = sub
     for key in required:
@@ -151,6 +164,13 @@ def check_params(
             msg = f"{call}({arg}=...): output {key!r} is missing parameters {missing}"
             raise ValueError(msg)
     return out
+
+
+def transform_params(params: Any) -> Any:
+    """``params`` without its ``"latents"`` (those of the stars it was fit to)."""
+    if isinstance(params, Mapping):
+        return {k: v for k, v in params.items() if k != LATENTS}
+    return params
 
 
 def check_latents_shape(

@@ -9,7 +9,13 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ..data import PolluxData
-from ._checks import RESERVED, check_latents_shape, check_params, resolve_names
+from ._checks import (
+    RESERVED,
+    check_latents_shape,
+    check_params,
+    resolve_names,
+    transform_params,
+)
 from .transforms import SCATTER, AbstractTransform
 
 __all__ = ["LuxModel"]
@@ -115,7 +121,9 @@ class LuxModel:
             names = [n for n in self._outputs if n in params]
         names = resolve_names(self, names, call)
         n = z.shape[0]
-        checked = check_params(self, params, n, call, "params", required=names)
+        checked = check_params(
+            self, transform_params(params), n, call, "params", required=names
+        )
         out = {}
         for name in names:
             p = {k: v for k, v in checked[name].items() if k != SCATTER}
@@ -199,7 +207,7 @@ class LuxModel:
             Outputs used (default: all registered ones the data holds).
         max_iter, tol
             Stop after ``max_iter`` iterations, or once one iteration lowers the
-            objective by less than ``tol`` per observed value (the default stops
+            objective by at most ``tol`` per observed value (the default stops
             when predictions have settled; slow drift along near-flat directions,
             such as rotations of the latent space, does not change them).
         progress

@@ -239,8 +239,8 @@ class AffineTransform(AbstractTransform):
     --------
     >>> import jax.numpy as jnp
     >>> t = AffineTransform(output_size=2)
-    >>> t.apply(jnp.zeros((4, 3)), A=jnp.ones((2, 3)), b=jnp.array([1.0, 2.0]))[0]
-    Array([1., 2.], dtype=float32)
+    >>> t.apply(jnp.zeros((4, 3)), A=jnp.ones((2, 3)), b=jnp.array([1.0, 2.0]))[0].tolist()
+    [1.0, 2.0]
     """
 
     _shape_specs: ClassVar[dict[str, ShapeSpec]] = {
@@ -260,8 +260,8 @@ class QuadraticTransform(AbstractTransform):
     >>> import jax.numpy as jnp
     >>> t = QuadraticTransform(output_size=1)
     >>> z = jnp.array([[1.0, 2.0]])
-    >>> t.apply(z, Q=jnp.ones((1, 2, 2)), A=jnp.zeros((1, 2)), b=jnp.zeros(1))
-    Array([[9.]], dtype=float32)
+    >>> t.apply(z, Q=jnp.ones((1, 2, 2)), A=jnp.zeros((1, 2)), b=jnp.zeros(1)).tolist()
+    [[9.0]]
     """
 
     _shape_specs: ClassVar[dict[str, ShapeSpec]] = {
