@@ -131,7 +131,9 @@ def run_fit(model, train, test, max_iter, tol):
 
     def apply_fn():
         post = model.infer_latents(test, result.params, names=["flux"])
-        return model.predict(post, result.params, names=["label"])
+        return model.predict(
+            post, result.params, names=["label"], param_cov=result.param_cov
+        )
 
     pred, t_apply = timed(apply_fn)
     return result, pred, t_train, t_apply

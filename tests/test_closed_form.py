@@ -525,6 +525,56 @@ def test_predict_matches_dense_propagation():
     np.testing.assert_array_equal(only["label"].err, pred["label"].err)
 
 
+def test_param_cov_is_the_row_regression_covariance():
+    """With the latents fixed, each trained row is a Bayesian linear regression:
+    its covariance is (Σ_n λ_nd z̃_n z̃_nᵀ + diag(1/τ²))⁻¹, zero where fixed."""
+    model, fixed, data, result = _fit("fixed_latents")
+    z = np.asarray(fixed["latents"])
+    tau2 = {"flux": 2.0**2, "label": 1.0}  # Normal(0.1, 2) and default Normal(0, 1)
+    for name in ("flux", "label"):
+        y, var, mask = _obs_arrays(data, name)
+        _, _, s2 = _affine(model, result.params, name)
+        lam = np.where(mask, 1.0 / (var + s2), 0.0)
+        C = np.asarray(result.param_cov[name])
+        for d in range(y.shape[1]):
+            G = (lam[:, d, None] * z).T @ z + np.eye(K) / tau2[name]
+            np.testing.assert_allclose(C[d, :K, :K], np.linalg.inv(G), rtol=1e-8)
+        if name == "flux":  # b is fixed: no uncertainty, shape keeps its slot
+            assert C.shape == (D1, K + 1, K + 1)
+            np.testing.assert_array_equal(C[:, K, :], 0.0)
+            np.testing.assert_array_equal(C[:, :, K], 0.0)
+
+
+def test_predict_with_param_cov_matches_dense_propagation():
+    model, _, data, result = _fit("scatter")
+    post = model.infer_latents(data, result.params, names=["flux"])
+    pred = model.predict(post, result.params, param_cov=result.param_cov)
+    mean, cov = np.asarray(post.mean), np.asarray(post.cov)
+    for name in ("flux", "label"):
+        W, _, s2 = _affine(model, result.params, name)
+        C = np.asarray(result.param_cov[name])
+        kt = C.shape[-1]
+        exp_var = np.empty((N, W.shape[0]))
+        for n in range(N):
+            mt = np.append(mean[n], np.ones(kt - K))
+            St = np.zeros((kt, kt))
+            St[:K, :K] = cov[n]
+            for d in range(W.shape[0]):
+                s2_d = s2 if np.ndim(s2) == 0 else s2[d]
+                latent = W[d] @ cov[n] @ W[d] + s2_d
+                exp_var[n, d] = latent + mt @ C[d] @ mt + np.trace(C[d] @ St)
+        np.testing.assert_allclose(pred[name].err, np.sqrt(exp_var), rtol=1e-9)
+
+
+def test_param_cov_of_wrong_shape_is_refused():
+    model, _, data, result = _fit("scatter")
+    post = model.infer_latents(data, result.params, names=["flux"])
+    with pytest.raises(ValueError, match=r"param_cov\['label'\]"):
+        model.predict(
+            post, result.params, names=["label"], param_cov={"label": np.zeros((2, 3))}
+        )
+
+
 def test_infer_latents_accepts_fit_params_for_other_stars():
     """Train and apply: the params returned by fit serve to infer new stars."""
     model, _, data, result = _fit("scatter")
@@ -593,6 +643,40 @@ def test_flux_only_label_uncertainties_are_calibrated():
     std = zscores.std(axis=0)
     assert np.all((std > 0.85) & (std < 1.15)), std
     assert np.all(np.abs(zscores.mean(axis=0)) < 0.3), zscores.mean(axis=0)
+
+
+def test_param_cov_calibrates_a_small_training_set():
+    """400 training stars, 24 pixels: the trained transforms' own error matters.
+    Without it the flux-only label z-scores spread too wide; with it they don't."""
+    n_train, n_test, n_flux = 400, 500, 24
+    obs, truth = plx.datasets.make_simulated_linear_data(
+        n_stars=n_train + n_test, n_latents=3, n_labels=2, n_flux=n_flux, rng=0
+    )
+    raw = PolluxData(
+        **{
+            name: OutputData(
+                obs[name],
+                err=obs[f"{name}_err"],
+                preprocessor=ShiftScalePreprocessor.from_data(obs[name]),
+            )
+            for name in ("flux", "label")
+        }
+    )
+    pre = raw.preprocess()
+    train, test = pre[:n_train], pre[n_train:]
+    model = plx.LuxModel(latent_size=3)
+    model.register_output("flux", AffineTransform(n_flux))
+    model.register_output("label", AffineTransform(2))
+    result = model.fit(train, progress=False)
+    post = model.infer_latents(test, result.params, names=["flux"])
+    stds = []
+    for param_cov in (None, result.param_cov):
+        pred = model.predict(post, result.params, names=["label"], param_cov=param_cov)
+        phys = test.unprocess(pred)["label"]
+        z = (np.asarray(phys.data) - truth["label"][n_train:]) / np.asarray(phys.err)
+        stds.append(z.std(axis=0))
+    assert np.all(stds[0] > 1.15), stds[0]
+    assert np.all((stds[1] > 0.9) & (stds[1] < 1.1)), stds[1]
 
 
 # ----------------------------------------------------------------------------------

@@ -276,7 +276,11 @@ def apply_fast(
     result.losses.block_until_ready()
     t1 = time.perf_counter()
     post = model.infer_latents(test, result.params, names=["flux"])
-    pred = test.unprocess(model.predict(post, result.params, names=["label"]))
+    pred = test.unprocess(
+        model.predict(
+            post, result.params, names=["label"], param_cov=result.param_cov
+        )
+    )
     labels = np.asarray(pred["label"].data)
     label_err = np.asarray(pred["label"].err)
     return result.params, labels, label_err, t1 - t0, time.perf_counter() - t1

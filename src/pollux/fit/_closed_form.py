@@ -193,12 +193,19 @@ def fit_em(
     else:
         out[LATENTS] = post.mean
         cov = post.cov
+    param_cov = {
+        name: _em.row_covariances(spec, block, p, post.mean, post.cov, ridge)
+        for name, spec, block, p, ridge in zip(
+            names, specs, blocks, params, ridges, strict=True
+        )
+    }
     return FitResult(
         params=out,
         posterior=LatentPosterior(post.mean, cov),
         losses=all_losses,
         n_iter=n_iter,
         converged=converged,
+        param_cov=param_cov,
     )
 
 
@@ -247,14 +254,48 @@ def infer_latents(
 
 
 @jax.jit
-def _predict_kernel(mean, cov, W, b, s2):
-    n = mean.shape[0]
+def _predict_kernel(mean, cov, W, b, s2, row_cov):
+    n, k = mean.shape
     var = cov.reshape(n, -1) @ outer_rows(W).T + s2
+    if row_cov is not None:  # uncertainty of the trained rows (W_d, b_d)
+        kt = row_cov.shape[-1]
+        first = jnp.concatenate([mean, jnp.ones((n, kt - k), mean.dtype)], axis=1)
+        second = first[:, :, None] * first[:, None, :]
+        second = second.at[:, :k, :k].add(cov)
+        var = var + second.reshape(n, -1) @ row_cov.reshape(row_cov.shape[0], -1).T
     return mean @ W.T + b, jnp.sqrt(var)
 
 
+def _check_param_cov(model, param_cov, names, call) -> dict[str, Any]:
+    if param_cov is None:
+        return {}
+    if not isinstance(param_cov, dict):
+        msg = f"{call}(param_cov=...): expected a dict such as FitResult.param_cov"
+        raise TypeError(msg)
+    k = model.latent_size
+    out = {}
+    for name, C in param_cov.items():
+        if name not in names:
+            continue
+        t = model.outputs[name]
+        kt = k + 1 if "b" in t.param_shapes(k) else k
+        shape = (t.output_size, kt, kt)
+        if tuple(np.shape(C)) != shape:
+            msg = (
+                f"{call}(param_cov[{name!r}]): expected shape {shape}, "
+                f"got {tuple(np.shape(C))}"
+            )
+            raise ValueError(msg)
+        out[name] = jnp.asarray(C)
+    return out
+
+
 def predict(
-    model: LuxModel, posterior: LatentPosterior, params: dict, names: Any
+    model: LuxModel,
+    posterior: LatentPosterior,
+    params: dict,
+    names: Any,
+    param_cov: dict | None = None,
 ) -> PolluxData:
     call = "LuxModel.predict"
     if not isinstance(posterior, LatentPosterior):
@@ -274,17 +315,20 @@ def predict(
     params = check_params(
         model, transform_params(params), None, call, "params", required=names
     )
+    row_covs = _check_param_cov(model, param_cov, names, call)
+    dtype = posterior.mean.dtype
     out = {}
     for name, W, b, s2 in zip(
         names, *_affine_params(model, params, names, call), strict=True
     ):
-        dtype = posterior.mean.dtype
+        C = row_covs.get(name)
         mean, err = _predict_kernel(
             posterior.mean,
             posterior.cov,
             W.astype(dtype),
             b.astype(dtype),
             s2.astype(dtype),
+            None if C is None else C.astype(dtype),
         )
         out[name] = OutputData(mean, err=err, preprocessed=True)
     return PolluxData(**out)

@@ -87,12 +87,44 @@ def _second_moments(
 
 
 def _ridge_solve(G: Array, c: Array) -> Array:
-    """Batched SPD solve ``G x = c`` with a negligible jitter for empty rows."""
+    """Batched SPD solve ``G x = c`` (``c``: vectors or matrices), with a negligible
+    jitter for rows that no data constrain."""
     k = G.shape[-1]
     scale = jnp.trace(G, axis1=-2, axis2=-1)[:, None, None] / k
     jitter = jnp.finfo(G.dtype).eps * (scale + 1.0) * jnp.eye(k, dtype=G.dtype)
     L = jnp.linalg.cholesky(G + jitter)
-    return jax.scipy.linalg.cho_solve((L, True), c[..., None])[..., 0]
+    vectors = c.ndim == G.ndim - 1
+    x = jax.scipy.linalg.cho_solve((L, True), c[..., None] if vectors else c)
+    return x[..., 0] if vectors else x
+
+
+def _normal_equations(
+    spec: OutputSpec,
+    block: Block,
+    lam: Float[Array, "n d"],
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    b: Float[Array, " d"],
+    ridge: dict[str, tuple[Array, Array]],
+) -> tuple[Array, Array]:
+    """``(G, c)`` of the row-wise ridge solves ``G_d w̃_d = c_d`` for free ``A``
+    (and ``b`` when it is free); ``G_d⁻¹`` is the conditional covariance of row d."""
+    n = mean.shape[0]
+    d = lam.shape[1]
+    solve_b = spec.has_b and spec.b_free
+    first, second = _second_moments(mean, cov, with_one=solve_b)
+    kt = first.shape[1]
+    y = block.y if solve_b else jnp.where(block.mask, block.y - b, 0.0)
+    G = (lam.T @ second.reshape(n, kt * kt)).reshape(d, kt, kt)
+    c = (lam * y).T @ first
+    A_loc, A_prec = ridge["A"]
+    if solve_b:
+        b_loc, b_prec = ridge["b"]
+        prec = jnp.concatenate([A_prec, b_prec[:, None]], axis=1)
+        loc = jnp.concatenate([A_loc, b_loc[:, None]], axis=1)
+    else:
+        prec, loc = A_prec, A_loc
+    return G + jax.vmap(jnp.diag)(prec), c + prec * loc
 
 
 def m_step_affine(
@@ -106,24 +138,10 @@ def m_step_affine(
     ridge: dict[str, tuple[Array, Array]],
 ) -> tuple[Array, Array]:
     """Maximise the expected log posterior over ``W`` and/or ``b`` (others fixed)."""
-    n, k = mean.shape
-    d = W.shape[0]
+    k = mean.shape[1]
     solve_b = spec.has_b and spec.b_free
     if spec.A_free:
-        first, second = _second_moments(mean, cov, with_one=solve_b)
-        kt = first.shape[1]
-        y = block.y if solve_b else jnp.where(block.mask, block.y - b, 0.0)
-        G = (lam.T @ second.reshape(n, kt * kt)).reshape(d, kt, kt)
-        c = (lam * y).T @ first
-        A_loc, A_prec = ridge["A"]
-        if solve_b:
-            b_loc, b_prec = ridge["b"]
-            prec = jnp.concatenate([A_prec, b_prec[:, None]], axis=1)
-            loc = jnp.concatenate([A_loc, b_loc[:, None]], axis=1)
-        else:
-            prec, loc = A_prec, A_loc
-        G = G + jax.vmap(jnp.diag)(prec)
-        sol = _ridge_solve(G, c + prec * loc)
+        sol = _ridge_solve(*_normal_equations(spec, block, lam, mean, cov, b, ridge))
         return (sol[:, :k], sol[:, k]) if solve_b else (sol, b)
     if solve_b:
         b_loc, b_prec = ridge["b"]
@@ -132,6 +150,36 @@ def m_step_affine(
             jnp.sum(lam, axis=0) + b_prec
         )
     return W, b
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def row_covariances(
+    spec: OutputSpec,
+    block: Block,
+    params: dict[str, Array],
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    ridge: dict[str, tuple[Array, Array]],
+) -> Float[Array, "d kt kt"]:
+    """Covariance of each row ``(W_d, b_d)`` of the free parameters given the latent
+    posterior (zero for fixed ones): the inverse of the M-step's normal matrix.
+
+    Shape ``(d, k+1, k+1)`` when the output has an offset ``b``, else ``(d, k, k)``.
+    """
+    k = mean.shape[1]
+    d = params["A"].shape[0]
+    kt = k + 1 if spec.has_b else k
+    lam = precisions(block, _s2(spec, params))
+    out = jnp.zeros((d, kt, kt), mean.dtype)
+    if spec.A_free:
+        G, _ = _normal_equations(spec, block, lam, mean, cov, params["b"], ridge)
+        m = G.shape[-1]
+        C = _ridge_solve(G, jnp.broadcast_to(jnp.eye(m, dtype=G.dtype), G.shape))
+        return out.at[:, :m, :m].set(C)
+    if spec.has_b and spec.b_free:
+        b_prec = ridge["b"][1]
+        return out.at[:, k, k].set(1.0 / (jnp.sum(lam, axis=0) + b_prec))
+    return out
 
 
 def _expected_sq_resid(

@@ -51,6 +51,11 @@ class FitResult(eqx.Module):
         Number of EM iterations run.
     converged
         Whether the objective's change per iteration fell below the tolerance.
+    param_cov
+        ``{output: (n_dim, k[+1], k[+1])}``: covariance of each row ``(A_d, b_d)``
+        of the fitted transforms given the training latents (zero where fixed).
+        Pass it to `LuxModel.predict` to include the uncertainty of the trained
+        transforms in predictions.
     """
 
     params: dict[str, Any]
@@ -58,3 +63,4 @@ class FitResult(eqx.Module):
     losses: Float[Array, " n"]
     n_iter: int = eqx.field(static=True)
     converged: bool = eqx.field(static=True)
+    param_cov: dict[str, Any] = eqx.field(default_factory=dict)

@@ -250,13 +250,17 @@ class LuxModel:
         posterior: Any,
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
+        param_cov: Mapping[str, Any] | None = None,
     ) -> PolluxData:
         """Predictive mean (``data``) and standard deviation (``err``) of outputs.
 
         The latent covariance is propagated and the output's ``s`` added in
-        quadrature. Values are in model units: ``test.unprocess(pred)`` gives
-        physical values with errors.
+        quadrature; with ``param_cov`` (`FitResult.param_cov`) the uncertainty of
+        the trained transforms too:
+        ``var_nd = W_d Σ_n W_dᵀ + s_d² + E[z̃_n]ᵀ C_d E[z̃_n] + tr(C_d Σ̃_n)``.
+        Values are in model units: ``test.unprocess(pred)`` gives physical values
+        with errors.
         """
         from ..fit._closed_form import predict
 
-        return predict(self, posterior, params, names)
+        return predict(self, posterior, params, names, param_cov)
