@@ -30,59 +30,8 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
-import numpyro.distributions as dist  # noqa: E402
 
-import pollux as plx  # noqa: E402
-from pollux.models.transforms import LinearTransform  # noqa: E402
-
-
-def simulate(args: argparse.Namespace):
-    """The tutorial's generating process, for any sizes and seed."""
-    rng = np.random.default_rng(args.seed)
-    K, L, P = args.n_latents, args.n_labels, args.n_flux
-    A = np.zeros((L, K))
-    A[np.arange(L) % K, np.arange(L) % K] = 1.0
-    if L > K:  # more labels than latents: the rest are random mixtures
-        A[K:] = rng.normal(size=(L - K, K))
-    B = rng.normal(scale=0.1, size=(P, K))
-    pix = np.arange(P)
-    B[:, 0] += 4 * np.exp(-0.5 * (pix - P / 2) ** 2 / 5**2)
-    if K > 1:
-        B[:, 1] += 2 * np.exp(-0.5 * (pix - P / 4) ** 2 / 3**2)
-    obs, truth = plx.datasets.make_simulated_linear_data(
-        n_stars=args.n_stars, n_latents=K, n_labels=L, n_flux=P, A=A, B=B, rng=rng
-    )
-    sys_err = 2.0 * np.cos(2 * np.pi * pix / (P / 4)) ** 2
-    obs["flux"] = rng.normal(obs["flux"], scale=sys_err)
-    data = plx.data.PolluxData(
-        flux=plx.data.OutputData(
-            obs["flux"],
-            err=obs["flux_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["flux"]),
-        ),
-        label=plx.data.OutputData(
-            obs["label"],
-            err=obs["label_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["label"]),
-        ),
-    )
-    return data, obs, truth, sys_err
-
-
-def make_model(latent_size: int, n_labels: int, n_flux: int) -> plx.LuxModel:
-    model = plx.LuxModel(latent_size=latent_size)
-    model.register_output(
-        "flux",
-        LinearTransform(
-            output_size=n_flux,
-            param_priors={
-                "A": dist.Normal(0.0, 1.0),
-                "s": dist.HalfNormal(5.0).expand((n_flux,)),
-            },
-        ),
-    )
-    model.register_output("label", LinearTransform(output_size=n_labels))
-    return model
+from pollux.demo import build_models, simulate  # noqa: E402
 
 
 def timed(fn):
@@ -139,18 +88,20 @@ def run_fit(model, train, test, max_iter, tol):
     return result, pred, t_train, t_apply
 
 
-def oracle_labels(test, data, truth, obs, sys_err, n_train):
+def oracle_labels(study):
     """Exact posterior-mean labels given the true matrices and the true noise."""
-    fpre, _lpre = data["flux"].preprocessor, data["label"].preprocessor
-    B = np.asarray(truth["B"]) / np.asarray(fpre.scale)[:, None]
-    b = -np.asarray(fpre.loc) / np.asarray(fpre.scale)
-    var = (obs["flux_err"][n_train:] ** 2 + sys_err**2) / np.asarray(fpre.scale) ** 2
-    lam = 1.0 / var
-    y = np.asarray(test["flux"].data) - b
+    flux = study.data["flux"]
+    pre = flux.preprocessor
+    scale = np.asarray(pre.scale)
+    B = np.asarray(study.truth["B"]) / scale[:, None]
+    b = -np.asarray(pre.loc) / scale
+    err = np.asarray(flux.err)[study.n_train :]
+    lam = scale**2 / (err**2 + study.systematic_err**2)
+    y = np.asarray(study.test["flux"].data) - b
     K = B.shape[1]
     prec = np.eye(K)[None] + np.einsum("nd,dk,dl->nkl", lam, B, B)
     z = np.linalg.solve(prec, ((lam * y) @ B)[..., None])[..., 0]
-    return z @ np.asarray(truth["A"]).T  # physical units
+    return z @ np.asarray(study.truth["A"]).T  # physical units
 
 
 def rmse(pred, true):
@@ -183,13 +134,17 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     K = args.latent_size or args.n_latents
 
-    data, obs, truth, sys_err = simulate(args)
-    pre = data.preprocess()
-    n_train = args.n_stars // 2
-    train, test = pre[:n_train], pre[n_train:]
-    true_labels = truth["label"][n_train:]
-    lpre, fpre = data["label"].preprocessor, data["flux"].preprocessor
-    model = make_model(K, args.n_labels, args.n_flux)
+    study = simulate(
+        seed=args.seed,
+        n_stars=args.n_stars,
+        n_latents=args.n_latents,
+        n_labels=args.n_labels,
+        n_flux=args.n_flux,
+    )
+    train, test, n_train = study.train, study.test, study.n_train
+    true_labels, sys_err = study.true_test_labels, study.systematic_err
+    lpre, fpre = study.data["label"].preprocessor, study.data["flux"].preprocessor
+    model = build_models(study, latent_size=K)["model 2"]
 
     rows = {}
     run_fit(model, train, test, args.max_iter, args.tol)  # warm-up (JIT)
@@ -207,7 +162,7 @@ def main(argv=None) -> dict:
         "s_corr": float(np.corrcoef(s_fit, sys_err)[0, 1]),
         "n_iter": result.n_iter,
     }
-    oracle = oracle_labels(test, data, truth, obs, sys_err, n_train)
+    oracle = oracle_labels(study)
     rows["oracle"] = {"rmse": rmse(oracle, true_labels)}
 
     if not args.skip_optimize:

@@ -121,7 +121,8 @@ def simulate(
 ) -> SimulatedStudy:
     """Simulate the study's stars and split them in half.
 
-    Label ``i < 2`` is latent ``i``; the flux loads on the first two latents through
+    Label ``i`` is latent ``i`` (labels beyond ``n_latents`` are random mixtures of
+    the latents); the flux loads on the first two latents through
     two Gaussian bumps (at pixels ``n_flux/2`` and ``n_flux/4``) on top of small
     random loadings. The flux then receives extra Normal scatter with standard
     deviation `injected_systematic_error`, which its reported errors do not include.
@@ -135,6 +136,8 @@ def simulate(
         A[i, i] = 1.0
     pix = np.arange(n_flux)
     B = rng.normal(scale=0.1, size=(n_flux, n_latents))
+    if n_labels > n_latents:  # more labels than latents: mixtures of the latents
+        A[n_latents:] = rng.normal(size=(n_labels - n_latents, n_latents))
     B[:, 0] += 4 * np.exp(-0.5 * (pix - n_flux / 2) ** 2 / 5**2)
     if n_latents > 1:
         B[:, 1] += 2 * np.exp(-0.5 * (pix - n_flux / 4) ** 2 / 3**2)
@@ -277,9 +280,7 @@ def apply_fast(
     t1 = time.perf_counter()
     post = model.infer_latents(test, result.params, names=["flux"])
     pred = test.unprocess(
-        model.predict(
-            post, result.params, names=["label"], param_cov=result.param_cov
-        )
+        model.predict(post, result.params, names=["label"], param_cov=result.param_cov)
     )
     labels = np.asarray(pred["label"].data)
     label_err = np.asarray(pred["label"].err)

@@ -475,27 +475,19 @@ class TransformSequence(AbstractTransform):
         self.transforms[0].check_input_size(input_size)
 
     def param_shape_specs(self) -> dict[str, ShapeSpec]:
-        raise NotImplementedError  # shapes depend on each member's input size
-
-    def param_shapes(self, input_size, n_stars=None):
-        shapes: dict[str, tuple[int, ...]] = {}
-        size = input_size
+        """Member specs under ``"i:name"``, with each member's own sizes filled in
+        (only the first member's ``"input_size"`` is left to resolve)."""
+        specs: dict[str, ShapeSpec] = {}
+        prev: int | None = None
         for i, t in enumerate(self.transforms):
-            for name, shape in t.param_shapes(size, n_stars).items():
-                if name != SCATTER:
-                    shapes[f"{i}:{name}"] = shape
-            size = t.output_size
-        if self.scatter_prior is not None:
-            p = self.scatter_prior
-            shapes[SCATTER] = tuple(p.batch_shape) + tuple(p.event_shape)
-        return shapes
-
-    def per_star_params(self) -> frozenset[str]:
-        return frozenset(
-            f"{i}:{name}"
-            for i, t in enumerate(self.transforms)
-            for name in t.per_star_params()
-        )
+            sizes = {"output_size": t.output_size, "input_size": prev}
+            for name, spec in t.param_shape_specs().items():
+                specs[f"{i}:{name}"] = tuple(
+                    sizes[d] if isinstance(d, str) and sizes.get(d) is not None else d
+                    for d in spec
+                )
+            prev = t.output_size
+        return specs
 
     def apply(self, latents, **params):
         out = latents
