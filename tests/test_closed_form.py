@@ -324,6 +324,15 @@ def test_losses_never_increase(config):
     assert losses[-1] < losses[0]
 
 
+def test_plain_em_and_squarem_reach_the_same_optimum():
+    model, _, data, _ = _fit("scatter")
+    plain = model.fit(data, max_iter=3000, tol=1e-12, accelerate=False, progress=False)
+    fast = model.fit(data, max_iter=300, tol=1e-12, progress=False)
+    assert np.all(np.diff(np.asarray(plain.losses)) <= 1e-9)
+    assert fast.n_iter < plain.n_iter
+    np.testing.assert_allclose(fast.losses[-1], plain.losses[-1], rtol=1e-7)
+
+
 def test_losses_entries_are_objective_before_each_iteration():
     """``losses[i]`` of a longer run is the final loss of an ``i``-iteration run."""
     *_, short = _fit("scatter", max_iter=10)

@@ -9,8 +9,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from ..data import OutputData
+from ..models.transforms import SCATTER
 
-__all__ = ["Block", "block_from_output", "gaussian_loglike"]
+__all__ = ["Block", "block_from_output", "blocks_for", "gaussian_loglike"]
 
 
 class Block(NamedTuple):
@@ -52,6 +53,26 @@ def check_variance_defined(
             "errors or add an 's' prior to its transform"
         )
         raise ValueError(msg)
+
+
+def blocks_for(model, data, names, fixed, call: str) -> tuple[Block, ...]:
+    """Checked kernel blocks of the outputs ``names`` of ``data`` for ``model``."""
+    blocks = []
+    for name in names:
+        t = model.outputs[name]
+        if data[name].size != t.output_size:
+            msg = (
+                f"{call}: output {name!r} has {data[name].size} dimensions in the data "
+                f"but its transform has output_size={t.output_size}"
+            )
+            raise ValueError(msg)
+        block = block_from_output(data[name])
+        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
+        check_variance_defined(
+            block, name, has_scatter, data[name].err is not None, call
+        )
+        blocks.append(block)
+    return tuple(blocks)
 
 
 def gaussian_loglike(

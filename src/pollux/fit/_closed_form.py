@@ -20,7 +20,7 @@ from ..models._checks import (
 )
 from ..models.transforms import SCATTER
 from . import _em
-from ._blocks import Block, block_from_output, check_variance_defined
+from ._blocks import blocks_for
 from ._init import pca_latents
 from ._linear import affine_parts, is_affine
 from ._posterior import latent_posterior, outer_rows
@@ -44,25 +44,6 @@ def _require_affine(model: LuxModel, names: tuple[str, ...], call: str) -> None:
             raise ValueError(msg)
 
 
-def _blocks(model, data, names, fixed, call) -> tuple[Block, ...]:
-    blocks = []
-    for name in names:
-        t = model.outputs[name]
-        if data[name].size != t.output_size:
-            msg = (
-                f"{call}: output {name!r} has {data[name].size} dimensions in the data "
-                f"but its transform has output_size={t.output_size}"
-            )
-            raise ValueError(msg)
-        block = block_from_output(data[name])
-        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
-        check_variance_defined(
-            block, name, has_scatter, data[name].err is not None, call
-        )
-        blocks.append(block)
-    return tuple(blocks)
-
-
 def fit_em(
     model: LuxModel,
     data: PolluxData,
@@ -72,7 +53,7 @@ def fit_em(
     max_iter: int,
     tol: float,
     progress: bool,
-    accelerate: bool = True,
+    accelerate: bool,
 ) -> FitResult:
     call = "LuxModel.fit"
     data = check_data(data, call)
@@ -86,7 +67,7 @@ def fit_em(
         raise ValueError(msg)
     n, k = len(data), model.latent_size
     fixed = check_params(model, fixed_params, n, call)
-    blocks = _blocks(model, data, names, fixed, call)
+    blocks = blocks_for(model, data, names, fixed, call)
     dtype = blocks[0].y.dtype
     fixed_latents = fixed.get(LATENTS)
     if fixed_latents is not None:
@@ -244,7 +225,7 @@ def infer_latents(
     params = check_params(
         model, transform_params(params), len(data), call, "params", required=names
     )
-    blocks = _blocks(model, data, names, params, call)
+    blocks = blocks_for(model, data, names, params, call)
     dtype = blocks[0].y.dtype
     Ws, bs, s2s = jax.tree.map(
         lambda a: jnp.asarray(a, dtype), _affine_params(model, params, names, call)

@@ -19,8 +19,8 @@ from ..data import PolluxData
 from ..models._checks import LATENTS, check_data, check_params, resolve_names
 from ..models.transforms import SCATTER, expand_prior
 from . import _em
-from ._blocks import Block, gaussian_loglike
-from ._closed_form import _affine_params, _blocks, _posterior_kernel
+from ._blocks import Block, blocks_for, gaussian_loglike
+from ._closed_form import _affine_params, _posterior_kernel
 from ._init import pca_latents
 from ._linear import is_affine
 
@@ -106,30 +106,29 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
         if not is_affine(t) or "A" in fx:
             continue
         shapes = t.param_shapes(k, n)
+        fit_s = SCATTER in shapes and SCATTER not in fx
         spec = _em.OutputSpec(
             has_b="b" in shapes,
             A_free=True,
             b_free="b" not in fx,
-            s_kind="none",
-            s_free=False,
+            s_kind=("scalar" if shapes[SCATTER] == () else "vector")
+            if fit_s
+            else "none",
+            s_free=fit_s,
         )
         d = t.output_size
-        zero = (jnp.zeros((d,)), jnp.zeros((d,)))
-        ridge = {"A": (jnp.zeros((d, k)), jnp.zeros((d, k))), "b": zero}
+        flat = (jnp.zeros(d, dtype), jnp.zeros(d, dtype))
+        ridge = {"A": (jnp.zeros((d, k), dtype), jnp.zeros((d, k), dtype)), "b": flat}
         p0 = {"A": jnp.zeros((d, k), dtype), "b": fx.get("b", jnp.zeros(d, dtype))}
-        p = _em.initial_affine(spec, block, jnp.asarray(z, dtype), p0, {}, ridge)
+        if fit_s:
+            p0[SCATTER] = jnp.ones(shapes[SCATTER], dtype)
+        priors = {SCATTER: t.scatter_prior} if fit_s else {}
+        p = _em.initial_affine(spec, block, jnp.asarray(z, dtype), p0, priors, ridge)
         values[site_name(name, "A")] = p["A"]
         if spec.has_b and spec.b_free:
             values[site_name(name, "b")] = p["b"]
-        if SCATTER in shapes and SCATTER not in fx:
-            pred = jnp.asarray(z, dtype) @ p["A"].T + p["b"]
-            r2 = jnp.where(block.mask, (block.y - pred) ** 2 - block.err2, 0.0)
-            count = jnp.maximum(jnp.sum(block.mask, axis=0), 1)
-            s = jnp.sqrt(jnp.maximum(jnp.sum(r2, axis=0) / count, 1e-4))
-            if shapes[SCATTER] == ():
-                s = jnp.sqrt(jnp.mean(s**2))
-            if bool(jnp.all(t.scatter_prior.support.check(s))):
-                values[site_name(name, SCATTER)] = s
+        if fit_s and bool(jnp.all(t.scatter_prior.support.check(p[SCATTER]))):
+            values[site_name(name, SCATTER)] = p[SCATTER]
     return values
 
 
@@ -225,7 +224,7 @@ def optimize_map(
     n, k = len(data), model.latent_size
     fixed = check_params(model, fixed_params, n, call)
     latent_dist = latent_prior_dist(latent_prior, n, k, call)
-    block_list = _blocks(model, data, names, fixed, call)
+    block_list = blocks_for(model, data, names, fixed, call)
     blocks = dict(zip(names, block_list, strict=True))
     dtype = block_list[0].y.dtype
     fixed = jax.tree.map(lambda a: jnp.asarray(a, dtype), fixed)

@@ -194,6 +194,7 @@ class LuxModel:
         max_iter: int = 1000,
         tol: float = 1e-6,
         progress: bool = True,
+        accelerate: bool = True,
     ):
         """Closed-form EM fit, latents marginalised (outputs affine in the latents).
 
@@ -212,6 +213,9 @@ class LuxModel:
             such as rotations of the latent space, does not change them).
         progress
             Show a progress bar.
+        accelerate
+            Use SQUAREM cycles (three EM sweeps with a safeguarded extrapolation,
+            counted as one iteration) instead of plain EM sweeps.
 
         Returns
         -------
@@ -229,6 +233,7 @@ class LuxModel:
             max_iter=max_iter,
             tol=tol,
             progress=progress,
+            accelerate=accelerate,
         )
 
     def infer_latents(
