@@ -418,7 +418,7 @@ def _jitted():
         "em_chunk": _em.em_chunk,
         "final_state": _em.final_state,
         "initialize": _em.initialize,
-        "pca": _init._pca,
+        "pca": _init.pca_latents,
         "posterior_kernel": _closed_form._posterior_kernel,
         "predict_kernel": _closed_form._predict_kernel,
     }
@@ -862,7 +862,9 @@ def test_float32_fit_in_fresh_interpreter(tmp_path):
         for name in model.outputs
     }
     expected = reference_objective(model, data, given64, given64)
-    np.testing.assert_allclose(values["loss_at_given"], expected, rtol=1e-5)
+    # A float32 sum of a few hundred terms, each of size ~1-10, around a total of
+    # ~100: cancellation leaves a few 1e-5 relative.
+    np.testing.assert_allclose(values["loss_at_given"], expected, rtol=5e-5)
     # The float32 fit reaches the float64 optimum to float32 accuracy (it stops
     # once its float32 objective stops changing): the objective and the
     # rotation-invariant predictions agree. The prior predictive of the star with

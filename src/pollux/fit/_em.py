@@ -13,7 +13,8 @@ One iteration, for parameters :math:`\theta = \{W_o, b_o, s_o\}`:
 3. **s-step** — each extra scatter maximises, on :math:`t = s^2 \ge 0`,
    :math:`\sum_n m_{nd}[-\tfrac12\log(\sigma_{nd}^2+t) - \tfrac12 e_{nd}/(\sigma_{nd}^2+t)]
    + \log p(\sqrt t)` with :math:`e_{nd} = (y_{nd}-W_d\mu_n-b_d)^2 + W_d^\top\Sigma_n W_d`,
-   by safeguarded Newton steps that are only accepted when they improve it.
+   by a Newton step kept only where it improves it, else the (monotone) EM update
+   that treats the extra scatter as a latent offset.
 
 Every step maximises the expected complete-data log posterior given the previous
 steps, so the objective never increases (generalised EM).
@@ -203,19 +204,24 @@ def s_step(
     s: Array,
     prior: dist.Distribution,
     scalar: bool,
-    n_newton: int = 1,
 ) -> Array:
-    """Improve ``s`` for fixed expected squared residuals ``e`` (never worse).
+    r"""Improve ``s`` for fixed expected squared residuals ``e`` (never worse).
 
-    Newton steps on ``t = s²`` (gradient steps where the objective is convex),
-    halved until they improve the objective; an unimproved entry keeps its value.
+    Two candidates for :math:`t = s^2`: a Newton step on the exact objective
+    :math:`F(t) = \sum_n -\tfrac12[\log(\sigma_n^2+t) + e_n/(\sigma_n^2+t)] + \log p(\sqrt t)`,
+    and the EM update that treats the extra scatter as a latent offset
+    :math:`x_n \sim N(0, t)`; the EM surrogate
+    :math:`Q(t) = -\tfrac{n}{2}\log t - \tfrac{1}{2t}\sum_n E[x_n^2] + \log p(\sqrt t)`
+    minorises :math:`F`, so raising :math:`Q` never lowers :math:`F`. The Newton
+    step is kept where it raises :math:`F`, else the EM update. Only two passes
+    over the data evaluate logarithms.
     """
     mask = block.mask
+    dtype = e.dtype
     n_obs = jnp.maximum(jnp.sum(mask), 1)
-    mean_e = jnp.sum(e) / n_obs
-    t_min = 1e-12 * (mean_e + 1.0)
-    scale = mean_e + jnp.sum(block.err2) / n_obs
+    t_min = 1e-12 * (jnp.sum(e) / n_obs + 1.0)
     reduce = jnp.sum if scalar else partial(jnp.sum, axis=0)
+    count = jnp.maximum(reduce(mask.astype(dtype)), 1.0)
 
     def log_prior(t):
         return prior.log_prob(jnp.sqrt(jnp.maximum(t, t_min)))
@@ -227,36 +233,39 @@ def s_step(
         v = jnp.where(mask, block.err2 + t, 1.0)
         return reduce(jnp.where(mask, -0.5 * (jnp.log(v) + e / v), 0.0)) + log_prior(t)
 
-    def derivatives(t):
-        v = jnp.where(mask, block.err2 + t, 1.0)
-        a = jnp.where(mask, 1.0 / v, 0.0)
-        ea = e * a
-        g = 0.5 * reduce(a * (ea - 1.0)) + d_prior(t)
-        h = reduce(a * a * (0.5 - ea)) + d2_prior(t)
-        return g, h
+    t0 = jnp.maximum(jnp.square(s), t_min)
+    a = jnp.where(mask, 1.0 / jnp.where(mask, block.err2 + t0, 1.0), 0.0)
+    ea = e * a
 
-    def newton(_, t):
-        g, h = derivatives(t)
-        ascent = jnp.where(g > 0, t + scale, -t)
-        step = jnp.where(h < 0, -g / jnp.where(h < 0, h, -1.0), ascent)
-        f0 = objective(t)
+    # Newton on F (derivatives need no logarithms).
+    g = 0.5 * reduce(a * (ea - 1.0)) + d_prior(t0)
+    h = reduce(a * a * (0.5 - ea)) + d2_prior(t0)
+    newton = jnp.maximum(t0 - g / jnp.where(h < 0, h, -jnp.inf), t_min)
 
-        def cond(carry):
-            i, _, improved = carry
-            return (i < 8) & ~jnp.all(improved)
+    # EM: maximise Q on u = log t, Newton steps accepted only where Q rises
+    # (everything here has the size of s, not of the data).
+    Ex2 = reduce(jnp.where(mask, t0 * (1.0 - t0 * a) + jnp.square(t0 * a) * e, 0.0))
 
-        def body(carry):
-            i, t_cur, improved = carry
-            tc = jnp.maximum(t + 0.5**i * step, t_min)
-            better = ~improved & (objective(tc) > f0)
-            return i + 1, jnp.where(better, tc, t_cur), improved | better
+    def surrogate(u):
+        t = jnp.exp(u)
+        return -0.5 * count * u - 0.5 * Ex2 / t + log_prior(t)
 
-        init = (0, t, jnp.zeros_like(t, dtype=bool) | (step == 0))
-        _, t_new, _ = jax.lax.while_loop(cond, body, init)
-        return t_new
+    dq = jax.grad(lambda u: jnp.sum(surrogate(u)))
+    d2q = jax.grad(lambda u: jnp.sum(dq(u)))
+    u = jnp.log(t0)
+    q = surrogate(u)
+    start = jnp.log(jnp.maximum(Ex2 / count, t_min))  # the maximiser without prior
+    for cand in (start, None, None, None, None):
+        if cand is None:
+            h_u = d2q(u)
+            cand = u - dq(u) / jnp.where(h_u < 0, h_u, -jnp.inf)
+        q_cand = surrogate(cand)
+        better = q_cand > q
+        u, q = jnp.where(better, cand, u), jnp.where(better, q_cand, q)
+    em = jnp.maximum(jnp.exp(u), t_min)
 
-    t = jnp.maximum(jnp.square(s), t_min)
-    return jnp.sqrt(jax.lax.fori_loop(0, n_newton, newton, t))
+    t_new = jnp.where(objective(newton) > objective(t0), newton, em)
+    return jnp.sqrt(t_new)
 
 
 def _neg_log_prior(
@@ -329,12 +338,12 @@ def em_iteration(specs, params, blocks, priors, ridges, fixed_latents):
 
 
 def _squarem_cycle(specs, params, blocks, priors, ridges, fixed_latents):
-    """Three EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
+    """EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
 
     From ``p0``: ``p1 = M(p0)``, ``p2 = M(p1)``, ``r = p1 - p0``, ``v = p2 - 2 p1 + p0``
     and ``p' = p0 - 2αr + α²v`` with ``α = -|r|/|v|`` (at most -1). The cycle ends
     at ``M(p')`` when the objective at ``p'`` is no worse than at ``p1``, else at
-    ``M(p2)`` (plain EM); either way the objective never increases.
+    ``p2`` (plain EM); either way the objective never increases.
     """
     step = partial(
         em_iteration,
@@ -358,11 +367,10 @@ def _squarem_cycle(specs, params, blocks, priors, ridges, fixed_latents):
     extrap = tuple(dict(q, s=jnp.abs(q["s"])) if "s" in q else q for q in extrap)
     post_ext, loss_ext = _objective(specs, extrap, blocks, priors, fixed_latents)
     ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
-    new = jax.lax.cond(
-        ok,
-        lambda: _m_steps(specs, extrap, post_ext, blocks, priors, ridges),
-        lambda: step(params=p2)[0],
-    )
+    from_ext = _m_steps(specs, extrap, post_ext, blocks, priors, ridges)
+    # Both candidates are computed and one selected: a lax.cond here (nested in
+    # em_chunk's while_loop) was seen to deadlock XLA:CPU now and then (jax 0.10.2).
+    new = jax.tree.map(lambda a, b_: jnp.where(ok, a, b_), from_ext, p2)
     return new, loss0
 
 

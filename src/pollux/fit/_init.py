@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -11,7 +13,6 @@ from ._blocks import Block
 __all__ = ["pca_latents"]
 
 
-@jax.jit
 def _pca(x: Float[Array, "n d"], omega: Float[Array, "d r"]) -> Array:
     q, _ = jnp.linalg.qr(x @ omega)
     for _ in range(2):  # power iterations sharpen the leading subspace
@@ -20,6 +21,7 @@ def _pca(x: Float[Array, "n d"], omega: Float[Array, "d r"]) -> Array:
     return q @ u_small
 
 
+@partial(jax.jit, static_argnames=("k",))
 def pca_latents(blocks: tuple[Block, ...], k: int) -> Float[Array, "n k"]:
     """Leading ``k`` principal-component scores of the mean-centred outputs,
     scaled to unit variance (missing entries count as the column mean).
