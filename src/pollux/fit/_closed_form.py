@@ -44,6 +44,67 @@ def _require_affine(model: LuxModel, names: tuple[str, ...], call: str) -> None:
             raise ValueError(msg)
 
 
+def em_setup(
+    model: LuxModel,
+    names: tuple[str, ...],
+    fixed: dict[str, Any],
+    n: int,
+    dtype: Any,
+    call: str,
+    ridge_from_priors: bool = True,
+) -> tuple[tuple, tuple, tuple, tuple]:
+    """Static specs, priors, ridges and start parameters of each output for the EM
+    kernels. ``ridge_from_priors=False`` uses flat ridges (any prior accepted)."""
+    k = model.latent_size
+    specs, priors, ridges, params = [], [], [], []
+    for name in names:
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        shapes = t.param_shapes(k, n)
+        expanded = t.expanded_priors(k, n)
+        has_b = "b" in shapes
+        s_prior = t.scatter_prior
+        has_s = s_prior is not None or SCATTER in fx
+        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
+        specs.append(
+            _em.OutputSpec(
+                has_b=has_b,
+                A_free="A" not in fx,
+                b_free=has_b and "b" not in fx,
+                s_kind="none"
+                if not has_s
+                else ("scalar" if s_shape == () else "vector"),
+                s_free=s_prior is not None and SCATTER not in fx,
+            )
+        )
+        ridge = {}
+        for p in ("A", "b"):
+            if p in shapes and p not in fx:
+                ridge[p] = (
+                    _em.ridge_from_prior(
+                        expanded[p],
+                        shapes[p],
+                        f"{call}: prior of {name!r} parameter {p!r}",
+                    )
+                    if ridge_from_priors
+                    else (jnp.zeros(shapes[p]), jnp.zeros(shapes[p]))
+                )
+        ridges.append(jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge))
+        pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
+        if s_prior is not None:
+            pr[SCATTER] = s_prior
+        priors.append(pr)
+        d = t.output_size
+        p0 = {
+            "A": jnp.asarray(fx.get("A", jnp.zeros((d, k))), dtype),
+            "b": jnp.asarray(fx.get("b", jnp.zeros(d)), dtype),
+        }
+        if has_s:
+            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        params.append(p0)
+    return tuple(specs), tuple(priors), tuple(ridges), tuple(params)
+
+
 def fit_em(
     model: LuxModel,
     data: PolluxData,
@@ -73,48 +134,7 @@ def fit_em(
     if fixed_latents is not None:
         fixed_latents = fixed_latents.astype(dtype)
 
-    specs, priors, ridges, params = [], [], [], []
-    for name, _block in zip(names, blocks, strict=True):
-        t = model.outputs[name]
-        fx = fixed.get(name, {})
-        shapes = t.param_shapes(k, n)
-        expanded = t.expanded_priors(k, n)
-        has_b = "b" in shapes
-        s_prior = t.scatter_prior
-        has_s = s_prior is not None or SCATTER in fx
-        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
-        spec = _em.OutputSpec(
-            has_b=has_b,
-            A_free="A" not in fx,
-            b_free=has_b and "b" not in fx,
-            s_kind="none" if not has_s else ("scalar" if s_shape == () else "vector"),
-            s_free=s_prior is not None and SCATTER not in fx,
-        )
-        ridge = {
-            p: _em.ridge_from_prior(
-                expanded[p], shapes[p], f"{call}: prior of {name!r} parameter {p!r}"
-            )
-            for p in ("A", "b")
-            if p in shapes and p not in fx
-        }
-        ridge = jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge)
-        pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
-        if s_prior is not None:
-            pr[SCATTER] = s_prior
-        d = t.output_size
-        p0 = {
-            "A": fx.get("A", jnp.zeros((d, k), dtype)).astype(dtype),
-            "b": fx.get("b", jnp.zeros(d, dtype)).astype(dtype),
-        }
-        if has_s:
-            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
-        specs.append(spec)
-        priors.append(pr)
-        ridges.append(ridge)
-        params.append(p0)
-    specs = tuple(specs)
-
-    params, priors, ridges = tuple(params), tuple(priors), tuple(ridges)
+    specs, priors, ridges, params = em_setup(model, names, fixed, n, dtype, call)
     if any(s.A_free for s in specs):
         # Deterministic start: regress free outputs on PCA (or the fixed) latents.
         z0 = fixed_latents if fixed_latents is not None else pca_latents(blocks, k)
@@ -239,10 +259,7 @@ def _predict_kernel(mean, cov, W, b, s2, row_cov):
     n, k = mean.shape
     var = cov.reshape(n, -1) @ outer_rows(W).T + s2
     if row_cov is not None:  # uncertainty of the trained rows (W_d, b_d)
-        kt = row_cov.shape[-1]
-        first = jnp.concatenate([mean, jnp.ones((n, kt - k), mean.dtype)], axis=1)
-        second = first[:, :, None] * first[:, None, :]
-        second = second.at[:, :k, :k].add(cov)
+        _, second = _em.second_moments(mean, cov, with_one=row_cov.shape[-1] > k)
         var = var + second.reshape(n, -1) @ row_cov.reshape(row_cov.shape[0], -1).T
     return mean @ W.T + b, jnp.sqrt(var)
 

@@ -23,7 +23,7 @@ steps, so the objective never increases (generalised EM).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -70,7 +70,7 @@ def ridge_from_prior(
     raise ValueError(msg)
 
 
-def _second_moments(
+def second_moments(
     mean: Float[Array, "n k"], cov: Float[Array, "n k k"] | None, with_one: bool
 ) -> tuple[Float[Array, "n kt"], Float[Array, "n kt kt"]]:
     """``E[z̃]`` and ``E[z̃ z̃ᵀ]`` with ``z̃ = (z, 1)`` when ``with_one``."""
@@ -113,7 +113,7 @@ def _normal_equations(
     n = mean.shape[0]
     d = lam.shape[1]
     solve_b = spec.has_b and spec.b_free
-    first, second = _second_moments(mean, cov, with_one=solve_b)
+    first, second = second_moments(mean, cov, with_one=solve_b)
     kt = first.shape[1]
     y = block.y if solve_b else jnp.where(block.mask, block.y - b, 0.0)
     G = (lam.T @ second.reshape(n, kt * kt)).reshape(d, kt, kt)
@@ -308,22 +308,33 @@ def evaluate(
     return PosteriorStats(fixed_latents, None, nll), nll
 
 
+def _update_output(spec, block, lam, mean, cov, p, priors, ridge):
+    """New ``(W, b)`` for weights ``lam``, then the s-step, for one output."""
+    W, b = m_step_affine(spec, block, lam, mean, cov, p["A"], p["b"], ridge)
+    q = dict(p, A=W, b=b)
+    if spec.s_kind != "none" and spec.s_free:
+        e = _expected_sq_resid(block, mean, cov, W, b)
+        q["s"] = s_step(block, e, p["s"], priors["s"], scalar=spec.s_kind == "scalar")
+    return q
+
+
 def _m_steps(specs, params, post, blocks, priors, ridges):
     """M-step for ``(W, b)`` then the s-step, for every output."""
-    new_params = []
-    for spec, p, block, pr, ridge in zip(
-        specs, params, blocks, priors, ridges, strict=True
-    ):
-        lam = precisions(block, _s2(spec, p))
-        W, b = m_step_affine(
-            spec, block, lam, post.mean, post.cov, p["A"], p["b"], ridge
+    return tuple(
+        _update_output(
+            spec,
+            block,
+            precisions(block, _s2(spec, p)),
+            post.mean,
+            post.cov,
+            p,
+            pr,
+            ridge,
         )
-        q = dict(p, A=W, b=b)
-        if spec.s_kind != "none" and spec.s_free:
-            e = _expected_sq_resid(block, post.mean, post.cov, W, b)
-            q["s"] = s_step(block, e, p["s"], pr["s"], scalar=spec.s_kind == "scalar")
-        new_params.append(q)
-    return tuple(new_params)
+        for spec, p, block, pr, ridge in zip(
+            specs, params, blocks, priors, ridges, strict=True
+        )
+    )
 
 
 def _objective(specs, params, blocks, priors, fixed_latents):
@@ -425,25 +436,6 @@ def final_state(
     return _objective(specs, params, blocks, priors, fixed_latents)
 
 
-def initial_affine(
-    spec: OutputSpec,
-    block: Block,
-    latents: Float[Array, "n k"],
-    p: dict[str, Any],
-    priors: dict[str, dist.Distribution],
-    ridge: dict[str, tuple[Array, Array]],
-) -> dict[str, Any]:
-    """Start values: unweighted regression of one output on given latents, then
-    the scatter that the residuals call for."""
-    lam = block.mask.astype(block.y.dtype)
-    W, b = m_step_affine(spec, block, lam, latents, None, p["A"], p["b"], ridge)
-    q = dict(p, A=W, b=b)
-    if spec.s_kind != "none" and spec.s_free:
-        e = _expected_sq_resid(block, latents, None, W, b)
-        q["s"] = s_step(block, e, p["s"], priors["s"], scalar=spec.s_kind == "scalar")
-    return q
-
-
 @partial(jax.jit, static_argnames=("specs",))
 def initialize(
     specs: tuple[OutputSpec, ...],
@@ -453,9 +445,14 @@ def initialize(
     ridges: tuple[dict, ...],
     latents: Float[Array, "n k"],
 ) -> tuple[dict, ...]:
-    """`initial_affine` for every output whose ``A`` is free."""
+    """Start values of every output whose ``A`` is free: an unweighted regression
+    on the given latents, then the scatter that its residuals call for."""
     return tuple(
-        initial_affine(spec, block, latents, p, pr, ridge) if spec.A_free else p
+        _update_output(
+            spec, block, block.mask.astype(block.y.dtype), latents, None, p, pr, ridge
+        )
+        if spec.A_free
+        else p
         for spec, block, p, pr, ridge in zip(
             specs, blocks, params, priors, ridges, strict=True
         )

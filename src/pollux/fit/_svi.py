@@ -20,7 +20,7 @@ from ..models._checks import LATENTS, check_data, check_params, resolve_names
 from ..models.transforms import SCATTER, expand_prior
 from . import _em
 from ._blocks import Block, blocks_for, gaussian_loglike
-from ._closed_form import _affine_params, _posterior_kernel
+from ._closed_form import _affine_params, _posterior_kernel, em_setup
 from ._init import pca_latents
 from ._linear import is_affine
 
@@ -100,34 +100,31 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
         values[LATENTS] = z
     if LATENTS in values and not bool(latent_dist.support.check(values[LATENTS]).all()):
         values.pop(LATENTS)
-    for name, block in zip(names, block_list, strict=True):
-        t = model.outputs[name]
-        fx = fixed.get(name, {})
-        if not is_affine(t) or "A" in fx:
-            continue
-        shapes = t.param_shapes(k, n)
-        fit_s = SCATTER in shapes and SCATTER not in fx
-        spec = _em.OutputSpec(
-            has_b="b" in shapes,
-            A_free=True,
-            b_free="b" not in fx,
-            s_kind=("scalar" if shapes[SCATTER] == () else "vector")
-            if fit_s
-            else "none",
-            s_free=fit_s,
-        )
-        d = t.output_size
-        flat = (jnp.zeros(d, dtype), jnp.zeros(d, dtype))
-        ridge = {"A": (jnp.zeros((d, k), dtype), jnp.zeros((d, k), dtype)), "b": flat}
-        p0 = {"A": jnp.zeros((d, k), dtype), "b": fx.get("b", jnp.zeros(d, dtype))}
-        if fit_s:
-            p0[SCATTER] = jnp.ones(shapes[SCATTER], dtype)
-        priors = {SCATTER: t.scatter_prior} if fit_s else {}
-        p = _em.initial_affine(spec, block, jnp.asarray(z, dtype), p0, priors, ridge)
+    # Affine outputs with a free A: regression on those latents (flat ridge).
+    todo = tuple(
+        n_
+        for n_ in names
+        if is_affine(model.outputs[n_]) and "A" not in fixed.get(n_, {})
+    )
+    if not todo:
+        return values
+    specs, priors, ridges, params = em_setup(
+        model, todo, fixed, n, dtype, "LuxModel.optimize", ridge_from_priors=False
+    )
+    params = _em.initialize(
+        specs,
+        params,
+        tuple(blocks[n_] for n_ in todo),
+        priors,
+        ridges,
+        jnp.asarray(z, dtype),
+    )
+    for name, spec, p in zip(todo, specs, params, strict=True):
         values[site_name(name, "A")] = p["A"]
         if spec.has_b and spec.b_free:
             values[site_name(name, "b")] = p["b"]
-        if fit_s and bool(jnp.all(t.scatter_prior.support.check(p[SCATTER]))):
+        scatter_prior = model.outputs[name].scatter_prior
+        if spec.s_free and bool(jnp.all(scatter_prior.support.check(p[SCATTER]))):
             values[site_name(name, SCATTER)] = p[SCATTER]
     return values
 
