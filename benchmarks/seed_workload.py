@@ -31,7 +31,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 
-from pollux.demo import build_models, simulate  # noqa: E402
+from pollux.studies.underestimated import build_models, simulate  # noqa: E402
 
 
 def timed(fn):

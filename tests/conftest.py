@@ -1,10 +1,15 @@
 """Shared fixtures for the pollux test suite.
 
 float64 is switched on at import (as in the tutorials); the float32 path is tested in
-a subprocess where x64 stays off.
+a fresh interpreter where x64 stays off (`run_fresh`).
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -82,3 +87,34 @@ def truth(simulated):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+def _run_fresh(script: str, *args: str, timeout: float = 300, env: dict | None = None):
+    """Run ``script`` in a fresh Python (JAX on the CPU, x64 off unless ``env`` says
+    otherwise) with a hard ``timeout``; return the JSON object it printed on its
+    last line that starts with ``RESULT``. Fails, never hangs, if the script does
+    not finish in time."""
+    full_env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_ENABLE_X64": "0"}
+    full_env.update(env or {})
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as err:
+        out = (err.stdout or b"")[-3000:]
+        pytest.fail(f"the script did not finish within {timeout} s (a hang?):\n{out}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    assert lines, proc.stdout[-3000:]
+    return json.loads(lines[-1][len("RESULT") :])
+
+
+@pytest.fixture(scope="session")
+def run_fresh():
+    """`_run_fresh`: a script in a fresh interpreter, with a timeout, JSON back."""
+    return _run_fresh

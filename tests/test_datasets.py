@@ -102,11 +102,13 @@ def test_bad_B_shape():
 
 
 @pytest.mark.parametrize("arg", ["n_stars", "n_latents", "n_labels", "n_flux"])
-@pytest.mark.parametrize("value", [0, -1, 2.5])
-def test_bad_sizes(arg, value):
+@pytest.mark.parametrize(
+    "value, exc", [(0, ValueError), (-1, ValueError), (2.5, TypeError)]
+)
+def test_bad_sizes(arg, value, exc):
     sizes = {"n_stars": 10, "n_latents": 2, "n_labels": 2, "n_flux": 4}
     sizes[arg] = value
-    with pytest.raises(ValueError, match=rf"{arg}=\.\.\."):
+    with pytest.raises(exc, match=rf"{arg}=\.\.\."):
         make_simulated_linear_data(**sizes)
 
 

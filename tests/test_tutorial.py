@@ -24,32 +24,10 @@ TRAIN_STEPS, TEST_STEPS = 1000, 200
 
 
 def simulate():
-    rng = np.random.default_rng(42)
-    pixel = np.arange(N_FLUX)
-    A = np.zeros((N_LABELS, K))
-    A[0, 0] = A[1, 1] = 1.0  # label i is latent i
-    B = rng.normal(scale=0.1, size=(N_FLUX, K))
-    # two "absorption lines", each driven by one label
-    B[:, 0] += 4.0 * np.exp(-0.5 * ((pixel - N_FLUX / 2) / 5.0) ** 2)
-    B[:, 1] += 2.0 * np.exp(-0.5 * ((pixel - N_FLUX / 4) / 3.0) ** 2)
-    obs, truth = plx.datasets.make_simulated_linear_data(
-        N_STARS, K, N_LABELS, N_FLUX, A=A, B=B, rng=rng
+    data, truth = plx.datasets.make_underestimated_errors_data(
+        N_STARS, K, N_LABELS, N_FLUX, rng=42
     )
-    extra_noise = 2.0 * np.cos(2.0 * np.pi * pixel / (N_FLUX / 4)) ** 2
-    flux = rng.normal(obs["flux"], extra_noise)  # not in the reported flux_err
-    data = plx.data.PolluxData(
-        flux=plx.data.OutputData(
-            flux,
-            err=obs["flux_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(flux),
-        ),
-        label=plx.data.OutputData(
-            obs["label"],
-            err=obs["label_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["label"]),
-        ),
-    )
-    return data, truth, extra_noise
+    return data, truth, truth["extra_err"]
 
 
 def train_and_apply(flux_priors, train, test):

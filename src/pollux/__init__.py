@@ -1,8 +1,7 @@
 """pollux: Lux models of stellar spectra and labels, in JAX."""
 
-from . import data, datasets, models
-from .fit import FitResult, LatentPosterior
-from .models import LuxModel
+from . import data, datasets, fit, models
+from .models import FitResult, LatentPosterior, LuxModel
 
 __version__ = "0.1.0"
 
@@ -13,5 +12,6 @@ __all__ = [
     "__version__",
     "data",
     "datasets",
+    "fit",
     "models",
 ]

@@ -1,6 +1,6 @@
 """The ``pollux`` command line.
 
-``pollux demo`` runs the study of `pollux.demo` (simulated stars whose flux errors
+``pollux demo`` runs the study of `pollux.studies.underestimated` (simulated stars whose flux errors
 are underestimated; a Lux model with and without a learned extra scatter), prints
 a summary table and writes figures. ``pollux --version`` prints the version.
 """
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
+from ._params import check_positive_int
 
 __all__ = ["QUICK_NUM_STEPS", "main"]
 
@@ -24,13 +25,10 @@ QUICK_NUM_STEPS = 4096
 
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
+        return check_positive_int(int(text), "N")
+    except (TypeError, ValueError) as err:
         msg = f"expected a positive integer, got {text!r}"
-        raise argparse.ArgumentTypeError(msg)
-    return value
+        raise argparse.ArgumentTypeError(msg) from err
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -84,8 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    # Double precision must be on before JAX creates any array.
-    from . import demo
+    # Imported here: only this command needs the study. Double precision must be
+    # on before JAX creates any array.
+    from .studies import underestimated as demo
 
     demo.enable_float64()
 

@@ -10,11 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from .._params import RESERVED
 from ._preprocessor import AbstractPreprocessor, NullPreprocessor
 
 __all__ = ["OutputData", "PolluxData"]
-
-RESERVED_NAMES = frozenset({"latents"})
 
 
 def _as_2d_float(x: ArrayLike, what: str) -> np.ndarray:
@@ -234,7 +233,7 @@ class PolluxData(eqx.Module):
             raise ValueError(msg)
         lengths = {}
         for name, out in outputs.items():
-            if name in RESERVED_NAMES:
+            if name in RESERVED:
                 msg = f"PolluxData(): {name!r} is a reserved name; rename this output"
                 raise ValueError(msg)
             if not isinstance(out, OutputData):

@@ -1,5 +1,5 @@
-"""Fitting: numpyro MAP (`optimize`) and the closed-form path (`fit`)."""
+"""Results of the closed-form path (kept importable here: `pollux.fit.FitResult`)."""
 
-from ._results import FitResult, LatentPosterior
+from ..models._results import FitResult, LatentPosterior
 
 __all__ = ["FitResult", "LatentPosterior"]

@@ -1,6 +1,7 @@
-"""Models: `LuxModel` and its transforms."""
+"""The model layer: `LuxModel`, its transforms, and the drivers of its fitting calls."""
 
 from . import transforms
+from ._results import FitResult, LatentPosterior
 from .lux import LuxModel
 
-__all__ = ["LuxModel", "transforms"]
+__all__ = ["FitResult", "LatentPosterior", "LuxModel", "transforms"]

@@ -8,14 +8,12 @@ from typing import TYPE_CHECKING, Any
 import jax.numpy as jnp
 import numpy as np
 
+from .._params import LATENTS, SCATTER
+from ..core.blocks import Block, make_block
 from ..data import PolluxData
-from .transforms import SCATTER
 
 if TYPE_CHECKING:
     from .lux import LuxModel
-
-LATENTS = "latents"
-RESERVED = frozenset({LATENTS})
 
 
 def check_data(data: Any, call: str) -> PolluxData:
@@ -166,13 +164,6 @@ def check_params(
     return out
 
 
-def transform_params(params: Any) -> Any:
-    """``params`` without its ``"latents"`` (those of the stars it was fit to)."""
-    if isinstance(params, Mapping):
-        return {k: v for k, v in params.items() if k != LATENTS}
-    return params
-
-
 def check_latents_shape(
     model: LuxModel, z: Any, n_stars: int | None, where: str
 ) -> None:
@@ -186,3 +177,49 @@ def check_latents_shape(
     if n_stars is not None and shape[0] != n_stars:
         msg = f"{where}: latents are for {shape[0]} stars but the data has {n_stars}"
         raise ValueError(msg)
+
+
+def _check_variance_defined(
+    block: Block, name: str, has_scatter: bool, has_err: bool, call: str
+) -> None:
+    """Refuse outputs whose likelihood variance would be zero."""
+    if has_scatter:
+        return
+    if not has_err:
+        msg = (
+            f"{call}: output {name!r} has no reported errors and no extra scatter "
+            "'s'; give OutputData(err=...) or add an 's' prior to its transform"
+        )
+        raise ValueError(msg)
+    if bool(np.any(np.asarray((block.err2 == 0) & block.mask))):
+        msg = (
+            f"{call}: output {name!r} has observed values with zero error and no "
+            "extra scatter 's'; the likelihood would be infinite. Give positive "
+            "errors or add an 's' prior to its transform"
+        )
+        raise ValueError(msg)
+
+
+def blocks_for(
+    model: LuxModel,
+    data: PolluxData,
+    names: Iterable[str],
+    fixed: Mapping[str, Any],
+    call: str,
+) -> tuple[Block, ...]:
+    """Checked kernel blocks of the outputs ``names`` of ``data`` for ``model``."""
+    blocks = []
+    for name in names:
+        t = model.outputs[name]
+        out = data[name]
+        if out.size != t.output_size:
+            msg = (
+                f"{call}: output {name!r} has {out.size} dimensions in the data "
+                f"but its transform has output_size={t.output_size}"
+            )
+            raise ValueError(msg)
+        block = make_block(out.data, out.err)
+        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
+        _check_variance_defined(block, name, has_scatter, out.err is not None, call)
+        blocks.append(block)
+    return tuple(blocks)

@@ -8,15 +8,19 @@ from typing import Any
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ..data import PolluxData
-from ._checks import (
+from .._params import (
     RESERVED,
-    check_latents_shape,
-    check_params,
-    resolve_names,
-    transform_params,
+    SCATTER,
+    check_positive_int,
+    names_with_params,
+    without_latents,
 )
-from .transforms import SCATTER, AbstractTransform
+from ..data import PolluxData
+from ._checks import check_latents_shape, check_params, resolve_names
+from ._fit import fit_em, infer_latents, predict
+from ._optimize import optimize_map
+from ._results import FitResult, LatentPosterior
+from .transforms import AbstractTransform
 
 __all__ = ["LuxModel"]
 
@@ -55,15 +59,7 @@ class LuxModel:
     """
 
     def __init__(self, latent_size: int):
-        if isinstance(latent_size, bool) or not isinstance(latent_size, int):
-            msg = f"LuxModel(latent_size=...): expected a positive int, got {latent_size!r}"
-            raise TypeError(msg)
-        if latent_size < 1:
-            msg = (
-                f"LuxModel(latent_size=...): expected a positive int, got {latent_size}"
-            )
-            raise ValueError(msg)
-        self.latent_size = latent_size
+        self.latent_size = check_positive_int(latent_size, "LuxModel(latent_size=...)")
         self._outputs: dict[str, AbstractTransform] = {}
 
     @property
@@ -113,16 +109,11 @@ class LuxModel:
         z = jnp.asarray(latents)
         check_latents_shape(self, z, None, f"{call}(latents=...)")
         if names is None:
-            if not isinstance(params, Mapping):
-                msg = (
-                    f"{call}(params=...): expected a dict like {{'flux': {{'A': ...}}}}"
-                )
-                raise TypeError(msg)
-            names = [n for n in self._outputs if n in params]
+            names = names_with_params(self._outputs, params, call)
         names = resolve_names(self, names, call)
         n = z.shape[0]
         checked = check_params(
-            self, transform_params(params), n, call, "params", required=names
+            self, without_latents(params), n, call, "params", required=names
         )
         out = {}
         for name in names:
@@ -171,8 +162,6 @@ class LuxModel:
             ``{output: {param: array}, "latents": (N, K)}`` (fixed ones included)
             and numpyro's ``SVIRunResult`` (``.losses``).
         """
-        from ..fit._svi import optimize_map
-
         return optimize_map(
             self,
             data,
@@ -195,7 +184,7 @@ class LuxModel:
         tol: float = 1e-6,
         progress: bool = True,
         accelerate: bool = True,
-    ):
+    ) -> FitResult:
         """Closed-form EM fit, latents marginalised (outputs affine in the latents).
 
         Parameters
@@ -223,8 +212,6 @@ class LuxModel:
             ``params`` (same layout as `optimize`), ``posterior``, ``losses``,
             ``n_iter``, ``converged``.
         """
-        from ..fit._closed_form import fit_em
-
         return fit_em(
             self,
             data,
@@ -241,18 +228,16 @@ class LuxModel:
         data: PolluxData,
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
-    ):
+    ) -> LatentPosterior:
         """Exact Gaussian posterior of each star's latents given fixed parameters.
 
         Returns a `LatentPosterior` with ``mean`` (N, K) and ``cov`` (N, K, K).
         """
-        from ..fit._closed_form import infer_latents
-
         return infer_latents(self, data, params, names)
 
     def predict(
         self,
-        posterior: Any,
+        posterior: LatentPosterior,
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
         param_cov: Mapping[str, Any] | None = None,
@@ -266,6 +251,4 @@ class LuxModel:
         Values are in model units: ``test.unprocess(pred)`` gives physical values
         with errors.
         """
-        from ..fit._closed_form import predict
-
         return predict(self, posterior, params, names, param_cov)

@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from jaxtyping import Array, Float
 
+from .._params import SCATTER, check_positive_int
+
 __all__ = [
     "AbstractTransform",
     "AffineTransform",
@@ -36,7 +38,6 @@ __all__ = [
 ]
 
 ShapeSpec = tuple[int | str, ...]
-SCATTER = "s"
 
 
 def _resolve(spec: ShapeSpec, sizes: Mapping[str, int | None], where: str) -> tuple:
@@ -111,7 +112,9 @@ class AbstractTransform(eqx.Module):
         output_size: int,
         param_priors: Mapping[str, dist.Distribution] | None = None,
     ):
-        self.output_size = _check_output_size(output_size, type(self).__name__)
+        self.output_size = check_positive_int(
+            output_size, f"{type(self).__name__}(output_size=...)"
+        )
         self.param_priors = self._merge_priors(param_priors)
 
     def _default_priors(self) -> dict[str, dist.Distribution]:
@@ -203,16 +206,6 @@ class AbstractTransform(eqx.Module):
     ) -> Float[Array, "n_stars n_out"]:
         """Map a batch of inputs (one row per star) to outputs."""
         raise NotImplementedError
-
-
-def _check_output_size(output_size: Any, name: str) -> int:
-    if isinstance(output_size, bool) or not isinstance(output_size, int):
-        msg = f"{name}(output_size=...): expected a positive int, got {output_size!r}"
-        raise TypeError(msg)
-    if output_size < 1:
-        msg = f"{name}(output_size=...): expected a positive int, got {output_size}"
-        raise ValueError(msg)
-    return output_size
 
 
 class LinearTransform(AbstractTransform):
@@ -355,7 +348,9 @@ class FunctionTransform(AbstractTransform):
         if not callable(func):
             msg = f"FunctionTransform(func=...): expected a callable, got {func!r}"
             raise TypeError(msg)
-        self.output_size = _check_output_size(output_size, "FunctionTransform")
+        self.output_size = check_positive_int(
+            output_size, "FunctionTransform(output_size=...)"
+        )
         self.func = func
         self.vmap = bool(vmap)
         priors = dict(param_priors or {})

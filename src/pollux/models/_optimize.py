@@ -1,4 +1,4 @@
-"""MAP estimation with numpyro: the Lux model as a numpyro model, AutoDelta + SVI."""
+"""Driver of `optimize`: the Lux model as a numpyro model, MAP by AutoDelta + SVI."""
 
 from __future__ import annotations
 
@@ -15,17 +15,21 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoDelta
 from numpyro.infer.initialization import init_to_median
 
+from .._params import LATENTS, SCATTER, check_positive_int, without_latents
+from ..core.blocks import Block, gaussian_loglike
+from ..core.em import initialize
+from ..core.pca import pca_latents
+from ..core.posterior import posterior_moments
 from ..data import PolluxData
-from ..models._checks import LATENTS, check_data, check_params, resolve_names
-from ..models.transforms import SCATTER, expand_prior
-from . import _em
-from ._blocks import Block, blocks_for, gaussian_loglike
-from ._closed_form import _affine_params, _posterior_kernel, em_setup
-from ._init import pca_latents
-from ._linear import is_affine
+from ._affine import affine_params, is_affine
+from ._checks import blocks_for, check_data, check_params, resolve_names
+from ._setup import em_problem
+from .transforms import expand_prior
 
 if TYPE_CHECKING:
-    from ..models.lux import LuxModel
+    from .lux import LuxModel
+
+__all__ = ["optimize_map"]
 
 
 def site_name(output: str, param: str) -> str:
@@ -90,9 +94,8 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     elif transforms_fixed:
         # Apply mode: start at the exact posterior mean given the fixed transforms.
         sub = {n_: fixed[n_] for n_ in names}
-        Ws, bs, s2s = _affine_params(model, sub, names, "LuxModel.optimize")
-        z, _ = _posterior_kernel(
-            block_list, *jax.tree.map(lambda a: jnp.asarray(a, dtype), (Ws, bs, s2s))
+        z, _ = posterior_moments(
+            block_list, *affine_params(model, sub, names, "LuxModel.optimize", dtype)
         )
         values[LATENTS] = z
     else:
@@ -108,20 +111,18 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     )
     if not todo:
         return values
-    specs, priors, ridges, params = em_setup(
-        model, todo, fixed, n, dtype, "LuxModel.optimize", ridge_from_priors=False
-    )
-    params = _em.initialize(
-        specs,
-        params,
+    problem, params = em_problem(
+        model,
+        todo,
         tuple(blocks[n_] for n_ in todo),
-        priors,
-        ridges,
-        jnp.asarray(z, dtype),
+        fixed,
+        "LuxModel.optimize",
+        ridge_from_priors=False,
     )
-    for name, spec, p in zip(todo, specs, params, strict=True):
+    params = initialize(problem, params, jnp.asarray(z, dtype))
+    for name, spec, p in zip(todo, problem.specs, params, strict=True):
         values[site_name(name, "A")] = p["A"]
-        if spec.has_b and spec.b_free:
+        if spec.solve_b:
             values[site_name(name, "b")] = p["b"]
         scatter_prior = model.outputs[name].scatter_prior
         if spec.s_free and bool(jnp.all(scatter_prior.support.check(p[SCATTER]))):
@@ -206,9 +207,7 @@ def optimize_map(
     call = "LuxModel.optimize"
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        msg = f"{call}(num_steps=...): expected a positive int, got {num_steps!r}"
-        raise ValueError(msg)
+    check_positive_int(num_steps, f"{call}(num_steps=...)")
     rng_key = _check_rng_key(rng_key, call)
     if optimizer is None:
         optimizer = numpyro.optim.Adam(1e-3)
@@ -236,9 +235,7 @@ def optimize_map(
     result = svi.run(rng_key, num_steps, *args, **svi_run_kwargs)
     found = guide.median(result.params)
 
-    params: dict[str, Any] = {
-        key: dict(v) for key, v in fixed.items() if key != LATENTS
-    }
+    params: dict[str, Any] = {k: dict(v) for k, v in without_latents(fixed).items()}
     if LATENTS in fixed:
         params[LATENTS] = fixed[LATENTS]
     for site, value in found.items():

@@ -249,8 +249,13 @@ def test_zero_error_without_s(model, rng):
 
 
 def test_bad_num_steps(model, data):
-    for bad in (0, -5, 2.5, True):
-        with pytest.raises(ValueError, match=r"num_steps=\.\.\."):
+    for bad, exc in (
+        (0, ValueError),
+        (-5, ValueError),
+        (2.5, TypeError),
+        (True, TypeError),
+    ):
+        with pytest.raises(exc, match=r"num_steps=\.\.\."):
             model.optimize(data, num_steps=bad, rng_key=0, svi_run_kwargs=QUIET)
 
 

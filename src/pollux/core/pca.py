@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._blocks import Block
+from .blocks import Block
 
 __all__ = ["pca_latents"]
 

@@ -19,13 +19,22 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
-from ._blocks import Block
+from .blocks import Block
+from .linalg import cholesky, inverse_from_cholesky, logdet_from_cholesky
 
-__all__ = ["PosteriorStats", "latent_posterior", "outer_rows", "precisions"]
+__all__ = [
+    "PosteriorStats",
+    "latent_posterior",
+    "outer_rows",
+    "posterior_moments",
+    "precisions",
+    "predictive",
+    "second_moments",
+]
 
 
 class PosteriorStats(NamedTuple):
@@ -73,11 +82,10 @@ def latent_posterior(
         quad = quad + jnp.sum(lr * r)
         logdet_noise = logdet_noise - jnp.sum(jnp.where(block.mask, jnp.log(lam), 0.0))
         n_obs = n_obs + jnp.sum(block.mask)
-    L = jnp.linalg.cholesky(P)
-    mean = jsl.cho_solve((L, True), h[..., None])[..., 0]
-    eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n, k, k))
-    cov = jsl.cho_solve((L, True), eye)
-    logdet_P = 2 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)))
+    L = cholesky(P)
+    cov = inverse_from_cholesky(L)
+    mean = jnp.einsum("nij,nj->ni", cov, h)
+    logdet_P = jnp.sum(logdet_from_cholesky(L))
     # (a flat prior has no normalisation; its evidence is up to a constant)
     logdet_prior = n * k * math.log(prior_precision) if prior_precision > 0 else 0.0
     # -log N(y; b, D + W Wᵀ) via the matrix determinant lemma and Woodbury.
@@ -90,3 +98,59 @@ def latent_posterior(
         - jnp.sum(h * mean)
     )
     return PosteriorStats(mean, cov, nlm)
+
+
+@jax.jit
+def posterior_moments(
+    blocks: tuple[Block, ...],
+    Ws: tuple[Float[Array, "d k"], ...],
+    bs: tuple[Float[Array, " d"], ...],
+    s2s: tuple[Array, ...],
+) -> tuple[Float[Array, "n k"], Float[Array, "n k k"]]:
+    """Jitted `latent_posterior` under a unit Normal prior: ``(mean, cov)``."""
+    post = latent_posterior(blocks, Ws, bs, s2s)
+    return post.mean, post.cov
+
+
+def second_moments(
+    mean: Float[Array, "n k"], cov: Float[Array, "n k k"] | None, with_one: bool
+) -> tuple[Float[Array, "n kt"], Float[Array, "n kt kt"]]:
+    """``E[z̃]`` and ``E[z̃ z̃ᵀ]`` with ``z̃ = (z, 1)`` when ``with_one``, else ``z``."""
+    second = mean[:, :, None] * mean[:, None, :]
+    if cov is not None:
+        second = second + cov
+    if not with_one:
+        return mean, second
+    n = mean.shape[0]
+    ones = jnp.ones((n, 1), mean.dtype)
+    first = jnp.concatenate([mean, ones], axis=1)
+    top = jnp.concatenate([second, mean[:, :, None]], axis=2)
+    bottom = first[:, None, :]
+    return first, jnp.concatenate([top, bottom], axis=1)
+
+
+@jax.jit
+def predictive(
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"],
+    W: Float[Array, "d k"],
+    b: Float[Array, " d"],
+    s2: Array,
+    row_cov: Float[Array, "d kt kt"] | None,
+) -> tuple[Float[Array, "n d"], Float[Array, "n d"]]:
+    r"""Predictive mean and standard deviation of ``y = W z + b`` (+ scatter ``s``).
+
+    .. math::
+
+        \operatorname{var}_{nd} = W_d \Sigma_n W_d^\top + s_d^2
+            + E[\tilde z_n]^\top C_d E[\tilde z_n] + \operatorname{tr}(C_d \Sigma_n)
+
+    where ``row_cov`` :math:`C_d` is the covariance of the row :math:`(W_d, b_d)`
+    (None: exactly known rows).
+    """
+    n, k = mean.shape
+    var = cov.reshape(n, -1) @ outer_rows(W).T + s2
+    if row_cov is not None:  # uncertainty of the trained rows (W_d, b_d)
+        _, second = second_moments(mean, cov, with_one=row_cov.shape[-1] > k)
+        var = var + second.reshape(n, -1) @ row_cov.reshape(row_cov.shape[0], -1).T
+    return mean @ W.T + b, jnp.sqrt(var)

@@ -1,0 +1,134 @@
+r"""Batched Cholesky factorisation and triangular solves for small matrices, written
+with plain array operations (no LAPACK calls).
+
+Why not ``jnp.linalg.cholesky`` / ``jax.scipy.linalg.cho_solve``: on the CPU,
+jaxlib 0.10 runs those as LAPACK kernels that split their batch over XLA's thread
+pool and block a pool thread until the pieces are done; a program with as many
+independent batched calls as the pool has threads then deadlocks
+(``docs/troubleshooting.md``, ``benchmarks/xla_cpu_hang.py``). pollux's matrices
+are K×K with K ≲ 100 and come in batches of one per star or per pixel, so a loop
+over the K columns, each step vectorised over the batch, costs
+:math:`O(B K^3)` like LAPACK and is negligible next to the :math:`(N{\times}D)
+\cdot(D{\times}K^2)` products of an EM sweep.
+
+Loops of at most `UNROLL_MAX` steps are unrolled (fast for small K); longer ones
+are a ``lax.fori_loop`` (compile time independent of K).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+__all__ = [
+    "UNROLL_MAX",
+    "cho_solve",
+    "cholesky",
+    "inverse_from_cholesky",
+    "logdet_from_cholesky",
+    "solve_lower",
+    "solve_upper_t",
+]
+
+#: Matrices up to this size have their loops unrolled.
+UNROLL_MAX = 16
+
+
+def _loop(m: int, body, init):
+    return jax.lax.fori_loop(0, m, body, init, unroll=m <= UNROLL_MAX)
+
+
+def cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
+    r"""Lower Cholesky factor ``L`` (``A = L Lᵀ``) of each symmetric positive
+    definite matrix in the batch (only the lower triangle of ``A`` is read).
+
+    Column by column (Cholesky–Crout): :math:`v = A_{:,j} - L L_{j,:}^\top`,
+    :math:`L_{jj} = \sqrt{v_j}`, :math:`L_{i>j,\,j} = v_i / L_{jj}`. A matrix that is
+    not positive definite gives NaN, as LAPACK's does in JAX.
+
+    >>> import numpy as np
+    >>> A = np.array([[4.0, 2.0], [2.0, 3.0]])
+    >>> np.allclose(cholesky(A), np.linalg.cholesky(A))
+    True
+    """
+    A = jnp.asarray(A)
+    m = A.shape[-1]
+    rows = jnp.arange(m)
+
+    def column(j, L):
+        v = A[..., :, j] - jnp.einsum("...ik,...k->...i", L, L[..., j, :])
+        d = jnp.sqrt(v[..., j])
+        col = jnp.where(rows > j, v / d[..., None], 0.0)
+        col = jnp.where(rows == j, d[..., None], col)
+        return L.at[..., :, j].set(col)
+
+    return _loop(m, column, jnp.zeros_like(A))
+
+
+def solve_lower(
+    L: Float[Array, "*batch m m"], B: Float[Array, "*batch m r"]
+) -> Float[Array, "*batch m r"]:
+    """``L⁻¹ B`` for lower-triangular ``L`` (forward substitution, row by row).
+
+    >>> import numpy as np
+    >>> L = np.array([[2.0, 0.0], [1.0, 3.0]])
+    >>> np.allclose(solve_lower(L, np.eye(2)), np.linalg.inv(L))
+    True
+    """
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    m = L.shape[-1]
+
+    def row(i, X):
+        xi = (B[..., i, :] - jnp.einsum("...k,...kr->...r", L[..., i, :], X)) / L[
+            ..., i, i, None
+        ]
+        return X.at[..., i, :].set(xi)
+
+    return _loop(m, row, jnp.zeros_like(B))
+
+
+def solve_upper_t(
+    L: Float[Array, "*batch m m"], B: Float[Array, "*batch m r"]
+) -> Float[Array, "*batch m r"]:
+    """``L⁻ᵀ B`` for lower-triangular ``L`` (back substitution, row by row)."""
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    m = L.shape[-1]
+
+    def row(step, X):
+        i = m - 1 - step
+        xi = (B[..., i, :] - jnp.einsum("...k,...kr->...r", L[..., :, i], X)) / L[
+            ..., i, i, None
+        ]
+        return X.at[..., i, :].set(xi)
+
+    return _loop(m, row, jnp.zeros_like(B))
+
+
+def cho_solve(L: Float[Array, "*batch m m"], B: Array) -> Array:
+    """``A⁻¹ B`` given ``L = cholesky(A)``; ``B`` is ``(*batch, m)`` or
+    ``(*batch, m, r)``.
+
+    >>> import numpy as np
+    >>> A = np.array([[4.0, 2.0], [2.0, 3.0]]); b = np.array([1.0, 2.0])
+    >>> np.allclose(cho_solve(cholesky(A), b), np.linalg.solve(A, b))
+    True
+    """
+    L, B = jnp.asarray(L), jnp.asarray(B)
+    vector = B.ndim == L.ndim - 1
+    X = B[..., None] if vector else B
+    X = solve_upper_t(L, solve_lower(L, X))
+    return X[..., 0] if vector else X
+
+
+def inverse_from_cholesky(L: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
+    """``A⁻¹ = L⁻ᵀ L⁻¹`` given ``L = cholesky(A)`` (exactly symmetric)."""
+    L = jnp.asarray(L)
+    eye = jnp.broadcast_to(jnp.eye(L.shape[-1], dtype=L.dtype), L.shape)
+    Linv = solve_lower(L, eye)
+    return jnp.einsum("...ki,...kj->...ij", Linv, Linv)
+
+
+def logdet_from_cholesky(L: Float[Array, "*batch m m"]) -> Float[Array, "*batch"]:
+    """``log |A|`` given ``L = cholesky(A)``."""
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(L, axis1=-2, axis2=-1)), axis=-1)

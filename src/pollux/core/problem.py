@@ -1,0 +1,74 @@
+"""`EMProblem`: everything an EM sweep needs besides the parameters it updates."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .blocks import Block
+
+__all__ = ["EMProblem", "OutputSpec"]
+
+
+class OutputSpec(NamedTuple):
+    """Static description of one affine output ``y = A z + b`` (+ scatter ``s``)."""
+
+    has_b: bool
+    A_free: bool
+    b_free: bool
+    s_kind: str  # "none", "scalar" or "vector"
+    s_free: bool
+
+    @property
+    def solve_b(self) -> bool:
+        """Whether the M-step solves for the offset ``b``."""
+        return self.has_b and self.b_free
+
+    @property
+    def has_s(self) -> bool:
+        return self.s_kind != "none"
+
+    def scatter2(self, params: dict[str, Array]) -> Array:
+        """``s²`` of the output (zero when it has no extra scatter)."""
+        return jnp.square(params["s"]) if self.has_s else jnp.zeros(())
+
+
+class EMProblem(eqx.Module):
+    """The data and the fixed ingredients of a closed-form fit, one entry per output.
+
+    Attributes
+    ----------
+    specs
+        Static `OutputSpec` of each output (which parameters are free).
+    blocks
+        The data of each output (`Block`).
+    priors
+        ``{"A"|"b"|"s": distribution}`` of each output's free parameters, expanded
+        to their shapes.
+    ridges
+        ``{"A"|"b": (loc, precision)}`` of each output: the Normal priors of the
+        M-step's ridge solves (precision zero: flat).
+    fixed_latents
+        ``(N, K)`` latents held fixed, or None to integrate them out.
+    """
+
+    specs: tuple[OutputSpec, ...] = eqx.field(static=True)
+    blocks: tuple[Block, ...]
+    priors: tuple[dict[str, Any], ...]
+    ridges: tuple[dict[str, tuple[Array, Array]], ...]
+    fixed_latents: Float[Array, "n_stars k"] | None = None
+
+    def __check_init__(self):
+        sizes = {len(self.specs), len(self.blocks), len(self.priors), len(self.ridges)}
+        if len(sizes) != 1:
+            msg = (
+                "EMProblem: specs, blocks, priors and ridges need one entry per output"
+            )
+            raise ValueError(msg)
+
+    def outputs(self) -> zip:
+        """``(spec, block, prior, ridge)`` of each output."""
+        return zip(self.specs, self.blocks, self.priors, self.ridges, strict=True)

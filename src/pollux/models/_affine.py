@@ -1,0 +1,74 @@
+"""Outputs that are affine in the latents, ``y = W z + b``: the closed-form path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._params import SCATTER
+from .transforms import AbstractTransform, AffineTransform, LinearTransform
+
+if TYPE_CHECKING:
+    from .lux import LuxModel
+
+__all__ = ["affine_params", "affine_parts", "is_affine", "require_affine"]
+
+
+def is_affine(transform: AbstractTransform) -> bool:
+    """Whether the closed-form (EM / exact posterior) path handles ``transform``."""
+    return type(transform) in (LinearTransform, AffineTransform)
+
+
+def require_affine(model: LuxModel, names: Iterable[str], call: str) -> None:
+    """Refuse outputs the closed-form path cannot handle, pointing to `optimize`."""
+    for name in names:
+        t = model.outputs[name]
+        if not is_affine(t):
+            msg = (
+                f"{call}: output {name!r} uses {type(t).__name__}, which is not "
+                "linear in the latents; the closed-form path handles LinearTransform "
+                "and AffineTransform. Use LuxModel.optimize (numpyro MAP) instead."
+            )
+            raise ValueError(msg)
+
+
+def affine_parts(
+    transform: AbstractTransform, params: Mapping[str, Array]
+) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
+    """``(W, b)`` with ``y = W z + b``; ``b`` is zero for a `LinearTransform`."""
+    W = params["A"]
+    b = (
+        params["b"]
+        if isinstance(transform, AffineTransform)
+        else jnp.zeros(W.shape[0], W.dtype)
+    )
+    return W, b
+
+
+def affine_params(
+    model: LuxModel,
+    params: Mapping[str, Any],
+    names: Iterable[str],
+    call: str,
+    dtype: Any,
+) -> tuple[tuple[Array, ...], tuple[Array, ...], tuple[Array, ...]]:
+    """``(Ws, bs, s2s)`` of the outputs ``names`` from checked parameters, in
+    ``dtype`` (``s2`` is zero for an output without extra scatter)."""
+    Ws, bs, s2s = [], [], []
+    for name in names:
+        t = model.outputs[name]
+        p = params[name]
+        if t.scatter_prior is not None and SCATTER not in p:
+            msg = (
+                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
+                f"but params[{name!r}] has no 's'"
+            )
+            raise ValueError(msg)
+        W, b = affine_parts(t, p)
+        Ws.append(jnp.asarray(W, dtype))
+        bs.append(jnp.asarray(b, dtype))
+        s2s.append(jnp.asarray(jnp.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
+    return tuple(Ws), tuple(bs), tuple(s2s)

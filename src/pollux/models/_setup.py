@@ -1,0 +1,123 @@
+"""From a `LuxModel` to the numerical core: the `EMProblem` of a closed-form fit.
+
+Shared by `fit` (the EM itself) and `optimize` (its deterministic start values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jaxtyping import Array
+
+from .._params import SCATTER
+from ..core.blocks import Block
+from ..core.problem import EMProblem, OutputSpec
+
+if TYPE_CHECKING:
+    from .lux import LuxModel
+
+__all__ = ["em_problem", "ridge_from_prior"]
+
+
+def ridge_from_prior(
+    prior: dist.Distribution, shape: tuple[int, ...], where: str
+) -> tuple[Array, Array]:
+    """``(loc, precision)`` arrays of ``shape`` for a Normal or flat prior.
+
+    Raises a `ValueError` naming ``where`` for any other prior.
+    """
+    base = prior
+    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+        base = base.base_dist
+    if isinstance(base, dist.Normal):
+        loc = jnp.broadcast_to(base.loc, shape)
+        prec = jnp.broadcast_to(1.0 / jnp.square(base.scale), shape)
+        return loc, prec
+    if isinstance(base, dist.ImproperUniform) and base.support is dist.constraints.real:
+        return jnp.zeros(shape), jnp.zeros(shape)
+    msg = (
+        f"{where}: the closed-form fit supports Normal or ImproperUniform(real) "
+        f"priors on transform parameters, got {type(base).__name__}. Use "
+        "LuxModel.optimize (numpyro MAP) for this prior."
+    )
+    raise ValueError(msg)
+
+
+def em_problem(
+    model: LuxModel,
+    names: tuple[str, ...],
+    blocks: tuple[Block, ...],
+    fixed: Mapping[str, Any],
+    call: str,
+    fixed_latents: Array | None = None,
+    ridge_from_priors: bool = True,
+) -> tuple[EMProblem, tuple[dict[str, Array], ...]]:
+    """The `EMProblem` of the affine outputs ``names`` and their start parameters
+    (fixed values where given, else zeros and unit scatter).
+
+    ``ridge_from_priors=False`` uses flat ridges (any prior accepted).
+    """
+    k = model.latent_size
+    n = blocks[0].y.shape[0]
+    dtype = blocks[0].y.dtype
+    specs, priors, ridges, params = [], [], [], []
+    for name in names:
+        t = model.outputs[name]
+        fx = fixed.get(name, {})
+        shapes = t.param_shapes(k, n)
+        expanded = t.expanded_priors(k, n)
+        has_b = "b" in shapes
+        s_prior = t.scatter_prior
+        has_s = s_prior is not None or SCATTER in fx
+        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
+        specs.append(
+            OutputSpec(
+                has_b=has_b,
+                A_free="A" not in fx,
+                b_free=has_b and "b" not in fx,
+                s_kind="none"
+                if not has_s
+                else ("scalar" if s_shape == () else "vector"),
+                s_free=s_prior is not None and SCATTER not in fx,
+            )
+        )
+        ridge = {}
+        for p in ("A", "b"):
+            if p in shapes and p not in fx:
+                ridge[p] = (
+                    ridge_from_prior(
+                        expanded[p],
+                        shapes[p],
+                        f"{call}: prior of {name!r} parameter {p!r}",
+                    )
+                    if ridge_from_priors
+                    else (jnp.zeros(shapes[p]), jnp.zeros(shapes[p]))
+                )
+        ridges.append(jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge))
+        pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
+        if s_prior is not None:
+            pr[SCATTER] = s_prior
+        priors.append(pr)
+        d = t.output_size
+        p0 = {
+            "A": jnp.asarray(fx.get("A", jnp.zeros((d, k))), dtype),
+            "b": jnp.asarray(fx.get("b", jnp.zeros(d)), dtype),
+        }
+        if has_s:
+            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        params.append(p0)
+    if fixed_latents is not None:
+        fixed_latents = jnp.asarray(fixed_latents, dtype)
+    problem = EMProblem(
+        specs=tuple(specs),
+        blocks=blocks,
+        priors=tuple(priors),
+        ridges=tuple(ridges),
+        fixed_latents=fixed_latents,
+    )
+    return problem, tuple(params)
