@@ -12,7 +12,7 @@ the model about it. Then we compare two Lux models trained on half of the stars:
 Both models label the other half of the stars. We compare with the true labels,
 and check that model 2's ``s`` recovers the injected scatter.
 
-The simulation and model set-up come from `pollux.demo` (``pollux demo`` on the
+The simulation and model set-up come from `pollux.studies.underestimated` (``pollux demo`` on the
 command line runs the same study with a summary table). Usage::
 
     python examples/underestimated_uncertainties.py                # tutorial settings
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pollux import demo
+from pollux.studies import underestimated as demo
 
 OUT = Path(__file__).resolve().parent / "output"
 

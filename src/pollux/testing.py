@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from ._params import LATENTS
+from ._params import LATENTS, SCATTER
 from .data import PolluxData
 from .models import LuxModel
 
@@ -63,7 +63,7 @@ def affine_rows(
     p = params[name]
     W = np.asarray(p["A"], dtype=float)
     b = np.asarray(p["b"], dtype=float) if "b" in p else np.zeros(W.shape[0])
-    s2 = np.square(np.asarray(p["s"], dtype=float)) if "s" in p else 0.0
+    s2 = np.square(np.asarray(p[SCATTER], dtype=float)) if SCATTER in p else 0.0
     return W, b, np.broadcast_to(s2, (W.shape[0],))
 
 

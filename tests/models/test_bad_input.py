@@ -1,5 +1,6 @@
-"""User mistakes (DESIGN.md §6): an immediate ValueError/TypeError that names the
-argument, raised by pollux itself (not a JAX/numpyro traceback from deep inside)."""
+"""User mistakes (docs/architecture.md, "Bad input"): an immediate ValueError or
+TypeError that names the argument, raised by pollux itself (not a JAX/numpyro
+traceback from deep inside)."""
 
 from __future__ import annotations
 

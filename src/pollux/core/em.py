@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._params import SCATTER
 from .blocks import gaussian_loglike
 from .mstep import expected_sq_resid, m_step_affine
 from .posterior import PosteriorStats, latent_posterior, precisions
@@ -38,7 +39,7 @@ def _neg_log_prior(problem: EMProblem, params: Params) -> Array:
         free = (
             ("A", spec.A_free),
             ("b", spec.solve_b),
-            ("s", spec.has_s and spec.s_free),
+            (SCATTER, spec.has_s and spec.s_free),
         )
         for name, is_free in free:
             if is_free:
@@ -62,7 +63,7 @@ def _evaluate(problem: EMProblem, params: Params) -> tuple[PosteriorStats, Array
     nll = jnp.zeros(())
     for spec, p, block in zip(problem.specs, params, problem.blocks, strict=True):
         pred = z @ p["A"].T + p["b"]
-        nll = nll - gaussian_loglike(block, pred, p["s"] if spec.has_s else None)
+        nll = nll - gaussian_loglike(block, pred, p[SCATTER] if spec.has_s else None)
     return PosteriorStats(z, None, nll), nll
 
 
@@ -77,7 +78,9 @@ def _update_output(spec, block, prior, ridge, lam, mean, cov, p):
     q = dict(p, A=W, b=b)
     if spec.has_s and spec.s_free:
         e = expected_sq_resid(block, mean, cov, W, b)
-        q["s"] = s_step(block, e, p["s"], prior["s"], scalar=spec.s_kind == "scalar")
+        q[SCATTER] = s_step(
+            block, e, p[SCATTER], prior[SCATTER], scalar=spec.s_kind == "scalar"
+        )
     return q
 
 
@@ -125,7 +128,9 @@ def _squarem_cycle(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     extrap = jax.tree.map(
         lambda p0, ri, vi: p0 - 2 * alpha * ri + alpha**2 * vi, params, r, v
     )
-    extrap = tuple(dict(q, s=jnp.abs(q["s"])) if "s" in q else q for q in extrap)
+    extrap = tuple(
+        {**q, SCATTER: jnp.abs(q[SCATTER])} if SCATTER in q else q for q in extrap
+    )
     post_ext, loss_ext = _objective(problem, extrap)
     ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
     from_ext = _m_steps(problem, extrap, post_ext)

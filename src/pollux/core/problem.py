@@ -8,6 +8,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from .._params import SCATTER
 from .blocks import Block
 
 __all__ = ["EMProblem", "OutputSpec"]
@@ -33,7 +34,7 @@ class OutputSpec(NamedTuple):
 
     def scatter2(self, params: dict[str, Array]) -> Array:
         """``s²`` of the output (zero when it has no extra scatter)."""
-        return jnp.square(params["s"]) if self.has_s else jnp.zeros(())
+        return jnp.square(params[SCATTER]) if self.has_s else jnp.zeros(())
 
 
 class EMProblem(eqx.Module):

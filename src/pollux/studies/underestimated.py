@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .._params import without_latents
+from .._params import check_positive_int, without_latents
 from ..datasets import injected_extra_error, make_underestimated_errors_data
 
 #: The injected scatter per pixel (its name in ``pollux.demo``).
@@ -448,9 +448,7 @@ def run_demo(
         Called with each stage's name (see `STAGES`) as the stage starts.
     """
     enable_float64()
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
-        msg = f"run_demo(num_steps=...): expected a positive int, got {num_steps!r}"
-        raise ValueError(msg)
+    check_positive_int(num_steps, "run_demo(num_steps=...)")
     apply_steps = num_steps if apply_steps is None else apply_steps
     stages = iter(STAGES)
 
