@@ -2,10 +2,12 @@
 fresh data, in a fresh interpreter, each call under a watchdog.
 
 jaxlib 0.10's LAPACK kernels deadlock XLA:CPU when several batched calls run at
-once (docs/troubleshooting.md); pollux's kernels avoid them. A regression shows
-here as a failure that names the call that hung, never as a CI job that hangs.
-Sizes are chosen so that the old kernels hung on the first fit (2-core x86-64,
-jaxlib 0.10.2).
+once (docs/troubleshooting.md); pollux's kernels avoid them. A hang shows here as a
+failure that names the call that hung, never as a CI job that hangs. The sizes are
+those at which pollux 0.1.0 hung in the first fit of ``hang_repro.py`` (3 of 3 runs,
+2-core x86-64, jaxlib 0.10.2); a deadlock depends on thread timing, and this script
+did not hang with that code in one run on a loaded machine, so the deterministic
+guard is ``tests/core/test_linalg.py::test_compiled_kernels_make_no_lapack_calls``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ from pollux.data import (
     ShiftScalePreprocessor,
 )
 
+# float64 comparisons here check elementwise shift-and-scale maps and their
+# inverses: a few roundings (eps = 2.2e-16) per value; 1e-12 holds on any CPU.
+RTOL = 1e-12
+
 
 @pytest.fixture
 def arrays(rng):
@@ -104,8 +108,8 @@ def test_output_data_preprocess_round_trip(arrays):
     np.testing.assert_allclose(p.err, flux_err / flux.std(0))
     back = p.unprocess()
     assert back.preprocessed is False
-    np.testing.assert_allclose(back.data, flux, rtol=1e-12)
-    np.testing.assert_allclose(back.err, flux_err, rtol=1e-12)
+    np.testing.assert_allclose(back.data, flux, rtol=RTOL)
+    np.testing.assert_allclose(back.err, flux_err, rtol=RTOL)
 
 
 def test_output_data_double_preprocess_raises(arrays):
@@ -121,7 +125,7 @@ def test_output_data_without_err_round_trip(arrays):
     out = OutputData(flux, preprocessor=ShiftScalePreprocessor.from_data(flux))
     p = out.preprocess()
     assert p.err is None
-    np.testing.assert_allclose(p.unprocess().data, flux, rtol=1e-12)
+    np.testing.assert_allclose(p.unprocess().data, flux, rtol=RTOL)
 
 
 def test_output_data_nan_is_kept_as_missing():
@@ -199,7 +203,7 @@ def test_pollux_data_indexing_keeps_preprocessed_state(data):
     assert len(test) == 4
     assert all(out.preprocessed for out in test.values())
     np.testing.assert_allclose(
-        test.unprocess()["flux"].data, data["flux"].data[8:], rtol=1e-12
+        test.unprocess()["flux"].data, data["flux"].data[8:], rtol=RTOL
     )
 
 
@@ -226,10 +230,10 @@ def test_pollux_data_preprocess_unprocess_round_trip(data, arrays):
     )
     np.testing.assert_allclose(np.asarray(pre["flux"].data).mean(0), 0.0, atol=1e-12)
     back = pre.unprocess()
-    np.testing.assert_allclose(back["flux"].data, flux, rtol=1e-12)
-    np.testing.assert_allclose(back["flux"].err, flux_err, rtol=1e-12)
-    np.testing.assert_allclose(back["label"].data[:, 0], label, rtol=1e-12)
-    np.testing.assert_allclose(back["label"].err[:, 0], label_err, rtol=1e-12)
+    np.testing.assert_allclose(back["flux"].data, flux, rtol=RTOL)
+    np.testing.assert_allclose(back["flux"].err, flux_err, rtol=RTOL)
+    np.testing.assert_allclose(back["label"].data[:, 0], label, rtol=RTOL)
+    np.testing.assert_allclose(back["label"].err[:, 0], label_err, rtol=RTOL)
 
 
 def test_unprocess_dict_of_arrays(data, rng):
@@ -239,7 +243,7 @@ def test_unprocess_dict_of_arrays(data, rng):
     assert isinstance(phys, PolluxData)
     lab = data["label"].preprocessor
     np.testing.assert_allclose(
-        phys["label"].data, pred["label"] * lab.scale + lab.loc, rtol=1e-12
+        phys["label"].data, pred["label"] * lab.scale + lab.loc, rtol=RTOL
     )
     assert phys["label"].err is None
     assert phys["label"].preprocessor is lab

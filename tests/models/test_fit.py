@@ -43,7 +43,10 @@ N, K, D1, D2 = 40, 2, 6, 2
 FULL = N - 1  # the star with every value masked
 MAX_ITER = 30  # EM iterations of the shared fits (tol=0)
 
-# Tolerances for float64 comparisons of two exact computations done differently.
+# Tolerances for float64 comparisons of two exact computations done differently
+# (Cholesky/Woodbury here, dense solves in pollux.testing): each errs by about
+# cond · eps, with eps = 2.2e-16 and condition numbers up to ~1e5 (noise precisions
+# to 1/0.02² against a unit prior): ~2e-11; 1e-9 leaves a margin of 50.
 RTOL64, ATOL64 = 1e-9, 1e-11
 
 
@@ -216,6 +219,8 @@ def test_final_loss_is_negative_log_posterior(config):
     # tol=0 stops early only when an iteration changes nothing at all.
     assert 1 <= result.n_iter <= MAX_ITER
     assert result.losses.shape == (result.n_iter + 1,)
+    # Two exact evaluations (Woodbury vs dense) of a sum of ~300 terms, each off by
+    # ~cond · eps (cond ≲ 1e5): ~1e-11 of the total.
     np.testing.assert_allclose(float(result.losses[-1]), expected, rtol=1e-10)
 
 
@@ -235,6 +240,9 @@ def test_plain_em_and_squarem_reach_the_same_optimum():
     fast = model.fit(data, max_iter=300, tol=1e-12, progress=False)
     assert np.all(np.diff(np.asarray(plain.losses)) <= 1e-9)
     assert fast.n_iter < plain.n_iter
+    # Both stop once an iteration changes the objective (~1e2) by < 1e-12 per
+    # observed value; plain EM may still creep along flat directions that cost
+    # less than 1e-5 in total: 1e-7 relative.
     np.testing.assert_allclose(fast.losses[-1], plain.losses[-1], rtol=1e-7)
 
 
@@ -242,6 +250,8 @@ def test_losses_entries_are_objective_before_each_iteration():
     """``losses[i]`` of a longer run is the final loss of an ``i``-iteration run."""
     *_, short = _fit("scatter", max_iter=10)
     *_, long = _fit("scatter")
+    # The same sweeps on the same inputs (only the compiled chunk lengths differ):
+    # equal up to a few roundings of re-fused code.
     np.testing.assert_allclose(long.losses[:10], short.losses[:10], rtol=1e-12)
     np.testing.assert_allclose(long.losses[10], short.losses[-1], rtol=1e-12)
 
@@ -291,11 +301,15 @@ def test_fixed_latents_fit_matches_optimize():
     )
     fit_obj = dense_objective(model, data, result.params, fixed)
     opt_obj = dense_objective(model, data, params, fixed)
+    # (as in test_final_loss_is_negative_log_posterior)
     np.testing.assert_allclose(float(result.losses[-1]), fit_obj, rtol=1e-10)
     # Both find the same optimum of the same objective ...
     assert abs(opt_obj - fit_obj) < 1e-8
     # ... and report it as the same quantity (−log likelihood − log prior).
     assert abs(float(svi.losses[-1]) - float(result.losses[-1])) < 1e-8
+    # Objectives within 1e-8 of a common optimum put each parameter within
+    # sqrt(2e-8 / curvature) of it; the curvature is ≳ 1e4 along every parameter
+    # here (precise data), hence ~1e-6.
     for name, pname in [
         ("flux", "A"),
         ("flux", "s"),
@@ -387,6 +401,7 @@ def test_fully_masked_star_changes_no_other_star():
     # Posterior of the other stars at fixed parameters.
     post = model.infer_latents(data, result.params)
     post_less = model.infer_latents(data[keep], result.params)
+    # Per-star computations: only the batch size differs (a few roundings at most).
     np.testing.assert_allclose(post_less.mean, post.mean[keep], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(post_less.cov, post.cov[keep], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(post.mean[FULL], 0.0, atol=1e-14)
@@ -457,6 +472,7 @@ def test_param_cov_is_the_row_regression_covariance():
         C = np.asarray(result.param_cov[name])
         for d in range(y.shape[1]):
             G = (lam[:, d, None] * z).T @ z + np.eye(K) / tau2[name]
+            # Two inverses of a K×K matrix with cond ≲ 1e6: each off by cond · eps.
             np.testing.assert_allclose(C[d, :K, :K], np.linalg.inv(G), rtol=1e-8)
         if name == "flux":  # b is fixed: no uncertainty, shape keeps its slot
             assert C.shape == (D1, K + 1, K + 1)
@@ -482,6 +498,7 @@ def test_predict_with_param_cov_matches_dense_propagation():
                 s2_d = s2 if np.ndim(s2) == 0 else s2[d]
                 latent = W[d] @ cov[n] @ W[d] + s2_d
                 exp_var[n, d] = latent + mt @ C[d] @ mt + np.trace(C[d] @ St)
+        # Sums of a few K×K products of quantities exact to ~1e-10 (see above).
         np.testing.assert_allclose(pred[name].err, np.sqrt(exp_var), rtol=1e-9)
 
 
@@ -500,6 +517,7 @@ def test_infer_latents_accepts_fit_params_for_other_stars():
     transforms = {name: result.params[name] for name in model.outputs}
     expected = model.infer_latents(data, transforms, names=["flux"])
     post = model.infer_latents(data[:10], result.params, names=["flux"])
+    # Each star's posterior is computed on its own: only the batch size differs.
     np.testing.assert_allclose(post.mean, expected.mean[:10], rtol=1e-12)
     np.testing.assert_allclose(post.cov, expected.cov[:10], rtol=1e-12)
 
