@@ -27,6 +27,9 @@ def pca_latents(blocks: tuple[Block, ...], k: int) -> Float[Array, "n k"]:
     scaled to unit variance (missing entries count as the column mean).
 
     Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible.
+    Its QR and SVD calls (LAPACK) each take one matrix and run one after another,
+    which jaxlib 0.10 handles safely (unlike concurrent batched calls: see
+    `pollux.core.linalg`).
     """
     cols = []
     for b in blocks:
