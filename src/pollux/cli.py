@@ -1,8 +1,9 @@
 """The ``pollux`` command line.
 
-``pollux demo`` runs the study of `pollux.studies.underestimated` (simulated stars whose flux errors
-are underestimated; a Lux model with and without a learned extra scatter), prints
-a summary table and writes figures. ``pollux --version`` prints the version.
+``pollux demo`` runs the study of `pollux.studies.underestimated` (simulated stars
+whose flux errors are underestimated; a Lux model with and without a learned extra
+scatter), prints a summary table and writes figures. ``pollux --version`` prints
+the version.
 """
 
 from __future__ import annotations
