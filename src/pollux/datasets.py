@@ -20,6 +20,11 @@ def _rng(rng: Any) -> np.random.Generator:
     raise TypeError(msg)
 
 
+def _check_sizes(call: str, **sizes: Any) -> None:
+    for name, value in sizes.items():
+        check_positive_int(value, f"{call}({name}=...)")
+
+
 def _check_matrix(M: Any, shape: tuple[int, int], name: str) -> np.ndarray:
     arr = np.asarray(M, dtype=float)
     if arr.shape != shape:
@@ -57,13 +62,13 @@ def make_simulated_linear_data(
     >>> obs["flux"].shape, truth["latents"].shape
     ((100, 32), (100, 4))
     """
-    for name, value in [
-        ("n_stars", n_stars),
-        ("n_latents", n_latents),
-        ("n_labels", n_labels),
-        ("n_flux", n_flux),
-    ]:
-        check_positive_int(value, f"make_simulated_linear_data({name}=...)")
+    _check_sizes(
+        "make_simulated_linear_data",
+        n_stars=n_stars,
+        n_latents=n_latents,
+        n_labels=n_labels,
+        n_flux=n_flux,
+    )
     gen = _rng(rng)
     A = (
         gen.normal(size=(n_labels, n_latents))
@@ -131,14 +136,14 @@ def make_underestimated_errors_data(
     """
     from .data import OutputData, PolluxData, ShiftScalePreprocessor
 
+    _check_sizes(
+        "make_underestimated_errors_data",
+        n_stars=n_stars,
+        n_latents=n_latents,
+        n_labels=n_labels,
+        n_flux=n_flux,
+    )
     gen = _rng(rng)
-    n_latents = check_positive_int(
-        n_latents, "make_underestimated_errors_data(n_latents=...)"
-    )
-    n_labels = check_positive_int(
-        n_labels, "make_underestimated_errors_data(n_labels=...)"
-    )
-    n_flux = check_positive_int(n_flux, "make_underestimated_errors_data(n_flux=...)")
     A = np.zeros((n_labels, n_latents))
     for i in range(min(n_labels, n_latents)):
         A[i, i] = 1.0

@@ -31,10 +31,6 @@ __all__ = [
 ]
 
 
-def _loop(m: int, body, init):
-    return jax.lax.fori_loop(0, m, body, init)
-
-
 def cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
     r"""Lower Cholesky factor ``L`` (``A = L Lᵀ``) of each symmetric positive
     definite matrix in the batch (only the lower triangle of ``A`` is read).
@@ -59,7 +55,7 @@ def cholesky(A: Float[Array, "*batch m m"]) -> Float[Array, "*batch m m"]:
         col = jnp.where(rows == j, d[..., None], col)
         return L.at[..., :, j].set(col)
 
-    return _loop(m, column, jnp.zeros_like(A))
+    return jax.lax.fori_loop(0, m, column, jnp.zeros_like(A))
 
 
 def solve_lower(
@@ -81,7 +77,7 @@ def solve_lower(
         ]
         return X.at[..., i, :].set(xi)
 
-    return _loop(m, row, jnp.zeros_like(B))
+    return jax.lax.fori_loop(0, m, row, jnp.zeros_like(B))
 
 
 def solve_upper_t(
@@ -98,7 +94,7 @@ def solve_upper_t(
         ]
         return X.at[..., i, :].set(xi)
 
-    return _loop(m, row, jnp.zeros_like(B))
+    return jax.lax.fori_loop(0, m, row, jnp.zeros_like(B))
 
 
 def cho_solve(L: Float[Array, "*batch m m"], B: Array) -> Array:

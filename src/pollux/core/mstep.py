@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .blocks import Block
-from .linalg import cho_solve, cholesky
+from .linalg import cho_solve, cholesky, inverse_from_cholesky
 from .posterior import outer_rows, precisions, second_moments
 from .problem import OutputSpec
 
@@ -36,17 +36,19 @@ __all__ = [
 Ridge = dict[str, tuple[Array, Array]]
 
 
-def ridge_solve(G: Float[Array, "d m m"], c: Array) -> Array:
-    """Batched SPD solve ``G x = c`` (``c``: ``(d, m)`` vectors or ``(d, m, r)``).
-
-    A jitter of one machine epsilon times the mean diagonal keeps rows that no data
-    constrain (``G`` = 0 without a prior) solvable; it changes a well-posed
-    solution by a relative ``O(eps · cond(G))``.
-    """
+def _ridge_cholesky(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
+    """Cholesky factor of ``G`` plus a jitter of one machine epsilon times its mean
+    diagonal, which keeps rows that no data constrain (``G`` = 0 without a prior)
+    solvable; it changes a well-posed result by a relative ``O(eps · cond(G))``."""
     m = G.shape[-1]
     scale = jnp.trace(G, axis1=-2, axis2=-1)[:, None, None] / m
     jitter = jnp.finfo(G.dtype).eps * (scale + 1.0) * jnp.eye(m, dtype=G.dtype)
-    return cho_solve(cholesky(G + jitter), c)
+    return cholesky(G + jitter)
+
+
+def ridge_solve(G: Float[Array, "d m m"], c: Array) -> Array:
+    """Batched SPD solve ``G x = c`` (``c``: ``(d, m)`` vectors or ``(d, m, r)``)."""
+    return cho_solve(_ridge_cholesky(G), c)
 
 
 def normal_equations(
@@ -123,8 +125,7 @@ def row_covariances(
     if spec.A_free:
         G, _ = normal_equations(spec, block, lam, mean, cov, params["b"], ridge)
         m = G.shape[-1]
-        C = ridge_solve(G, jnp.broadcast_to(jnp.eye(m, dtype=G.dtype), G.shape))
-        return out.at[:, :m, :m].set(C)
+        return out.at[:, :m, :m].set(inverse_from_cholesky(_ridge_cholesky(G)))
     if spec.solve_b:
         b_prec = ridge["b"][1]
         return out.at[:, k, k].set(1.0 / (jnp.sum(lam, axis=0) + b_prec))

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array
 
 from .._params import SCATTER
 from .transforms import AbstractTransform, AffineTransform, LinearTransform
@@ -14,7 +14,7 @@ from .transforms import AbstractTransform, AffineTransform, LinearTransform
 if TYPE_CHECKING:
     from .lux import LuxModel
 
-__all__ = ["affine_params", "affine_parts", "is_affine", "require_affine"]
+__all__ = ["affine_params", "is_affine", "require_affine"]
 
 
 def is_affine(transform: AbstractTransform) -> bool:
@@ -33,19 +33,6 @@ def require_affine(model: LuxModel, names: Iterable[str], call: str) -> None:
                 "and AffineTransform. Use LuxModel.optimize (numpyro MAP) instead."
             )
             raise ValueError(msg)
-
-
-def affine_parts(
-    transform: AbstractTransform, params: Mapping[str, Array]
-) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
-    """``(W, b)`` with ``y = W z + b``; ``b`` is zero for a `LinearTransform`."""
-    W = params["A"]
-    b = (
-        params["b"]
-        if isinstance(transform, AffineTransform)
-        else jnp.zeros(W.shape[0], W.dtype)
-    )
-    return W, b
 
 
 def affine_params(
@@ -67,8 +54,12 @@ def affine_params(
                 f"but params[{name!r}] has no 's'"
             )
             raise ValueError(msg)
-        W, b = affine_parts(t, p)
-        Ws.append(jnp.asarray(W, dtype))
-        bs.append(jnp.asarray(b, dtype))
+        W = jnp.asarray(p["A"], dtype)  # y = W z + b; b is zero for LinearTransform
+        Ws.append(W)
+        bs.append(
+            jnp.asarray(p["b"], dtype)
+            if isinstance(t, AffineTransform)
+            else jnp.zeros(W.shape[0], dtype)
+        )
         s2s.append(jnp.asarray(jnp.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
     return tuple(Ws), tuple(bs), tuple(s2s)
