@@ -20,7 +20,8 @@ from .._params import (
     names_with_params,
     without_latents,
 )
-from ..core import em
+from ..core import em, vem
+from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.mstep import row_covariances
 from ..core.pca import pca_latents
 from ..core.posterior import posterior_moments, predictive
@@ -33,8 +34,20 @@ from ._checks import (
     check_params,
     resolve_names,
 )
+from ._polynomial import (
+    kind_of,
+    n_row_features,
+    output_params,
+    polynomial_thetas,
+    posterior_polynomial,
+    predictive_polynomial,
+    require_polynomial,
+    uses_quadratic,
+    vem_problem,
+)
 from ._results import FitResult, LatentPosterior
 from ._setup import em_problem
+from .transforms import AffineTransform
 
 if TYPE_CHECKING:
     from .lux import LuxModel
@@ -42,6 +55,37 @@ if TYPE_CHECKING:
 __all__ = ["fit_em", "infer_latents", "predict"]
 
 _CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
+_INNER = 5  # natural-gradient updates of the latent posteriors per variational sweep
+
+
+def _run(chunk, state, *, max_iter, tol, n_obs, dtype, progress, call):
+    """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
+    ``max_iter`` iterations; returns ``(state, losses, n_iter, converged)``."""
+    threshold = jnp.asarray(tol * n_obs, dtype)
+    prev = jnp.asarray(jnp.inf, dtype)
+    losses: list[np.ndarray] = []
+    n_iter, converged = 0, False
+    with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
+        while n_iter < max_iter and not converged:
+            state, chunk_losses, n_done, done = chunk(
+                state, prev, threshold, jnp.asarray(max_iter - n_iter)
+            )
+            n_done = int(n_done)
+            values = np.asarray(chunk_losses)[:n_done]
+            if not np.all(np.isfinite(values)):
+                msg = (
+                    f"{call}: the objective became non-finite at iteration "
+                    f"{n_iter + int(np.argmax(~np.isfinite(values)))}; check the data "
+                    "scale (preprocess it) and the priors"
+                )
+                raise FloatingPointError(msg)
+            losses.append(values)
+            n_iter += n_done
+            converged = bool(done)
+            prev = jnp.asarray(values[-1], dtype)
+            bar.update(n_done)
+            bar.set_postfix(loss=f"{values[-1]:.6g}")
+    return state, losses, n_iter, converged
 
 
 def fit_em(
@@ -58,7 +102,11 @@ def fit_em(
     call = "LuxModel.fit"
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
-    require_affine(model, names, call)
+    quadratic = uses_quadratic(model, names)
+    if quadratic:
+        require_polynomial(model, names, call)
+    else:
+        require_affine(model, names, call)
     check_positive_int(max_iter, f"{call}(max_iter=...)")
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
@@ -67,6 +115,17 @@ def fit_em(
     fixed = check_params(model, fixed_params, n, call)
     blocks = blocks_for(model, data, names, fixed, call)
     dtype = blocks[0].y.dtype
+    settings = {
+        "names": names,
+        "max_iter": max_iter,
+        "tol": tol,
+        "accelerate": accelerate,
+        "fixed": tuple(sorted(fixed)),
+    }
+    if quadratic:
+        return _fit_vem(
+            model, data, names, fixed, blocks, settings, progress=progress, call=call
+        )
     problem, params = em_problem(
         model, names, blocks, fixed, call, fixed_latents=fixed.get(LATENTS)
     )
@@ -77,36 +136,18 @@ def fit_em(
         params = em.initialize(problem, params, z0)
 
     n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
-    threshold = jnp.asarray(tol * n_obs, dtype)
-    prev = jnp.asarray(jnp.inf, dtype)
-    losses: list[np.ndarray] = []
-    n_iter, converged = 0, False
-    with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
-        while n_iter < max_iter and not converged:
-            params, chunk, n_done, done = em.em_chunk(
-                problem,
-                params,
-                prev,
-                threshold,
-                jnp.asarray(max_iter - n_iter),
-                _CHUNK,
-                accelerate,
-            )
-            n_done = int(n_done)
-            chunk = np.asarray(chunk)[:n_done]
-            if not np.all(np.isfinite(chunk)):
-                msg = (
-                    f"{call}: the objective became non-finite at iteration "
-                    f"{n_iter + int(np.argmax(~np.isfinite(chunk)))}; check the data "
-                    "scale (preprocess it) and the priors"
-                )
-                raise FloatingPointError(msg)
-            losses.append(chunk)
-            n_iter += n_done
-            converged = bool(done)
-            prev = jnp.asarray(chunk[-1], dtype)
-            bar.update(n_done)
-            bar.set_postfix(loss=f"{chunk[-1]:.6g}")
+    params, losses, n_iter, converged = _run(
+        lambda p, prev, threshold, left: em.em_chunk(
+            problem, p, prev, threshold, left, _CHUNK, accelerate
+        ),
+        params,
+        max_iter=max_iter,
+        tol=tol,
+        n_obs=n_obs,
+        dtype=dtype,
+        progress=progress,
+        call=call,
+    )
     post, final_loss = em.final_state(problem, params)
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
 
@@ -139,6 +180,110 @@ def fit_em(
         n_iter=n_iter,
         converged=converged,
         param_cov=param_cov,
+        settings=settings,
+    )
+
+
+def _affine_start(
+    model: LuxModel,
+    data: PolluxData,
+    names: tuple[str, ...],
+    fixed: Mapping[str, Any],
+    settings: Mapping[str, Any],
+) -> FitResult:
+    """The converged fit of the model with every quadratic output made affine
+    (``Q = 0``): the start of the variational EM."""
+    twin = type(model)(model.latent_size)
+    twin_fixed = {}
+    for name in names:
+        t = model.outputs[name]
+        if kind_of(t) == "quadratic":
+            priors = {p: v for p, v in t.param_priors.items() if p != "Q"}
+            t = AffineTransform(t.output_size, param_priors=priors)
+        twin.register_output(name, t)
+        if name in fixed:
+            twin_fixed[name] = {p: v for p, v in fixed[name].items() if p != "Q"}
+    return twin.fit(
+        data,
+        fixed_params=twin_fixed,
+        names=names,
+        max_iter=settings["max_iter"],
+        tol=settings["tol"],
+        progress=False,
+        accelerate=settings["accelerate"],
+    )
+
+
+def _fit_vem(
+    model: LuxModel,
+    data: PolluxData,
+    names: tuple[str, ...],
+    fixed: Mapping[str, Any],
+    blocks: tuple,
+    settings: Mapping[str, Any],
+    *,
+    progress: bool,
+    call: str,
+) -> FitResult:
+    """Variational EM (`pollux.core.vem`) for fits with a quadratic output."""
+    k, n = model.latent_size, len(data)
+    dtype = blocks[0].y.dtype
+    z_fixed = fixed.get(LATENTS)
+    problem, params = vem_problem(model, names, blocks, fixed, call, z_fixed)
+    if problem.fixed_latents is not None:
+        state = vem.VState(params, problem.fixed_latents, jnp.zeros((n, k, k), dtype))
+    else:
+        start = _affine_start(model, data, names, fixed, settings)
+        started = []
+        for name, spec, p in zip(names, problem.specs, params, strict=True):
+            q = dict(p)
+            fitted = start.params[name]
+            if spec.free:
+                q[vem.THETA] = polynomial_thetas(
+                    model,
+                    {name: {"Q": jnp.zeros((q[vem.THETA].shape[0], k, k)), **fitted}},
+                    [name],
+                    dtype,
+                )[0][0]
+            if spec.s_free:
+                q[SCATTER] = jnp.asarray(fitted[SCATTER], dtype)
+            started.append(q)
+        params = tuple(started)
+        prec = inverse_from_cholesky(cholesky(start.posterior.cov))
+        state = vem.VState(params, start.posterior.mean, prec)
+    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
+    state, losses, n_iter, converged = _run(
+        lambda st, prev, threshold, left: vem.vem_chunk(
+            problem, st, prev, threshold, left, _CHUNK, _INNER, settings["accelerate"]
+        ),
+        state,
+        max_iter=settings["max_iter"],
+        tol=settings["tol"],
+        n_obs=n_obs,
+        dtype=dtype,
+        progress=progress,
+        call=call,
+    )
+    state, final_loss, row_covs = vem.vem_final(problem, state, _INNER)
+    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
+    out: dict[str, Any] = {
+        key: dict(val) for key, val in without_latents(fixed).items()
+    }
+    for name, spec, p in zip(names, problem.specs, state.params, strict=True):
+        out[name] = output_params(spec, p, k)
+    out[LATENTS] = state.mean
+    if problem.fixed_latents is not None:
+        cov = jnp.zeros((n, k, k), dtype)
+    else:
+        cov = inverse_from_cholesky(cholesky(state.prec))
+    return FitResult(
+        params=out,
+        posterior=LatentPosterior(state.mean, cov),
+        losses=all_losses,
+        n_iter=n_iter,
+        converged=converged,
+        param_cov=dict(zip(names, row_covs, strict=True)),
+        settings=dict(settings),
     )
 
 
@@ -151,16 +296,42 @@ def infer_latents(
     call = "LuxModel.infer_latents"
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
-    require_affine(model, names, call)
+    quadratic = uses_quadratic(model, names)
+    if quadratic:
+        require_polynomial(model, names, call)
+    else:
+        require_affine(model, names, call)
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )
     blocks = blocks_for(model, data, names, params, call)
     dtype = blocks[0].y.dtype
+    if quadratic:
+        _require_scatter(model, params, names, call)
+        thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
+        mean, cov, flags = posterior_polynomial(
+            blocks, thetas, s2s, kinds, model.latent_size
+        )
+        return LatentPosterior(mean, cov, flags)
     mean, cov = posterior_moments(
         blocks, *affine_params(model, params, names, call, dtype)
     )
     return LatentPosterior(mean, cov)
+
+
+def _require_scatter(
+    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], call: str
+) -> None:
+    for name in names:
+        if (
+            model.outputs[name].scatter_prior is not None
+            and SCATTER not in params[name]
+        ):
+            msg = (
+                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
+                f"but params[{name!r}] has no 's'"
+            )
+            raise ValueError(msg)
 
 
 def _check_param_cov(
@@ -177,7 +348,7 @@ def _check_param_cov(
         if name not in names:
             continue
         t = model.outputs[name]
-        kt = k + 1 if "b" in t.param_shapes(k) else k
+        kt = n_row_features(t, k)
         shape = (t.output_size, kt, kt)
         if tuple(np.shape(C)) != shape:
             msg = (
@@ -207,13 +378,28 @@ def predict(
     if names is None:
         names = names_with_params(model.outputs, params, call)
     names = resolve_names(model, names, call)
-    require_affine(model, names, call)
+    require_polynomial(model, names, call)
     params = check_params(
         model, without_latents(params), None, call, "params", required=names
     )
     row_covs = _check_param_cov(model, param_cov, names, call)
     dtype = posterior.mean.dtype
     out = {}
+    if uses_quadratic(model, names):
+        _require_scatter(model, params, names, call)
+        thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
+        for name, theta, kind, s2 in zip(names, thetas, kinds, s2s, strict=True):
+            C = row_covs.get(name)
+            mean, err = predictive_polynomial(
+                posterior.mean,
+                posterior.cov,
+                theta,
+                s2,
+                None if C is None else C.astype(dtype),
+                kind,
+            )
+            out[name] = OutputData(mean, err=err, preprocessed=True)
+        return PolluxData(**out)
     for name, W, b, s2 in zip(
         names, *affine_params(model, params, names, call, dtype), strict=True
     ):

@@ -5,16 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import equinox as eqx
-from jaxtyping import Array, Float
+from jaxtyping import Array, Bool, Float
 
 __all__ = ["FitResult", "LatentPosterior"]
 
 
 class LatentPosterior(eqx.Module):
-    """Gaussian posterior of each star's latents: ``mean`` (N, K), ``cov`` (N, K, K)."""
+    """Gaussian posterior of each star's latents: ``mean`` (N, K), ``cov`` (N, K, K).
+
+    ``multimodal`` (N,) flags stars whose posterior has a second mode nearly as
+    probable as the one described (only outputs quadratic in the latents can
+    produce one; None when not checked).
+    """
 
     mean: Float[Array, "n_stars k"]
     cov: Float[Array, "n_stars k k"]
+    multimodal: Bool[Array, " n_stars"] | None = None
 
     def __check_init__(self):
         n, k = self.mean.shape
@@ -29,7 +35,8 @@ class LatentPosterior(eqx.Module):
         return int(self.mean.shape[0])
 
     def __getitem__(self, index: Any) -> LatentPosterior:
-        return LatentPosterior(self.mean[index], self.cov[index])
+        flags = None if self.multimodal is None else self.multimodal[index]
+        return LatentPosterior(self.mean[index], self.cov[index], flags)
 
 
 class FitResult(eqx.Module):
@@ -56,6 +63,12 @@ class FitResult(eqx.Module):
         of the fitted transforms given the training latents (zero where fixed).
         Pass it to `LuxModel.predict` to include the uncertainty of the trained
         transforms in predictions.
+    settings
+        The arguments of the `LuxModel.fit` call that produced it (``names``,
+        ``max_iter``, ``tol``, ``accelerate``, and the names of the fixed
+        parameters), so that a refit (e.g. `LuxModel.calibrate`) can repeat it.
+    calibration
+        Empty for a plain fit; `LuxModel.calibrate` records here what it changed.
     """
 
     params: dict[str, Any]
@@ -64,3 +77,5 @@ class FitResult(eqx.Module):
     n_iter: int = eqx.field(static=True)
     converged: bool = eqx.field(static=True)
     param_cov: dict[str, Any] = eqx.field(default_factory=dict)
+    settings: dict[str, Any] = eqx.field(default_factory=dict, static=True)
+    calibration: dict[str, Any] = eqx.field(default_factory=dict, static=True)

@@ -1,0 +1,266 @@
+"""Outputs polynomial in the latents (linear, affine, quadratic): variational path.
+
+`fit`, `infer_latents` and `predict` use it as soon as one of their outputs is a
+`QuadraticTransform`; affine-only calls keep the exact closed-form path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from .._params import SCATTER
+from ..core.blocks import Block
+from ..core.features import (
+    feature_index,
+    moments,
+    n_features,
+    theta_from_qab,
+    theta_ridge,
+)
+from ..core.linalg import cholesky, inverse_from_cholesky
+from ..core.posterior import outer_rows
+from ..core.variational import e_step, map_modes, star_stats
+from ..core.vem import THETA, FeatureSpec, VEMProblem, named_params
+from ._setup import ridge_from_prior
+from .transforms import (
+    AbstractTransform,
+    AffineTransform,
+    LinearTransform,
+    QuadraticTransform,
+)
+
+if TYPE_CHECKING:
+    from .lux import LuxModel
+
+__all__ = [
+    "MAX_QUADRATIC_LATENTS",
+    "kind_of",
+    "polynomial_thetas",
+    "posterior_polynomial",
+    "predictive_polynomial",
+    "require_polynomial",
+    "uses_quadratic",
+    "vem_problem",
+]
+
+#: Largest latent size for quadratic outputs: the features grow as K²/2 and each
+#: EM sweep's products as K⁴ (K = 10: 66 features).
+MAX_QUADRATIC_LATENTS = 10
+
+_KINDS = {
+    LinearTransform: "linear",
+    AffineTransform: "affine",
+    QuadraticTransform: "quadratic",
+}
+
+
+def kind_of(transform: AbstractTransform) -> str | None:
+    """``"linear"``, ``"affine"``, ``"quadratic"`` or None (not polynomial)."""
+    return _KINDS.get(type(transform))
+
+
+def uses_quadratic(model: LuxModel, names: Iterable[str]) -> bool:
+    return any(kind_of(model.outputs[n]) == "quadratic" for n in names)
+
+
+def require_polynomial(model: LuxModel, names: Iterable[str], call: str) -> None:
+    """Refuse outputs neither affine nor quadratic, and quadratic outputs with too
+    many latents, saying what to do instead."""
+    for name in names:
+        t = model.outputs[name]
+        kind = kind_of(t)
+        if kind is None:
+            msg = (
+                f"{call}: output {name!r} uses {type(t).__name__}, which is not a "
+                "polynomial of the latents; fit, infer_latents and predict handle "
+                "LinearTransform, AffineTransform and QuadraticTransform. Use "
+                "LuxModel.optimize (numpyro MAP) instead."
+            )
+            raise ValueError(msg)
+        if kind == "quadratic" and model.latent_size > MAX_QUADRATIC_LATENTS:
+            msg = (
+                f"{call}: output {name!r} is a QuadraticTransform with latent_size="
+                f"{model.latent_size}; the fast path supports quadratic outputs up to "
+                f"latent_size={MAX_QUADRATIC_LATENTS} (its cost grows as the latent "
+                "size to the fourth power). Use a smaller latent_size, or a "
+                "LinearTransform for larger ones."
+            )
+            raise ValueError(msg)
+
+
+def polynomial_thetas(
+    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], dtype: Any
+) -> tuple[tuple[Array, ...], tuple[str, ...], tuple[Array, ...]]:
+    """``(thetas, kinds, s2s)``: feature weights of checked named parameters."""
+    thetas, kinds, s2s = [], [], []
+    for name in names:
+        kind = kind_of(model.outputs[name])
+        p = {key: jnp.asarray(v, dtype) for key, v in params[name].items()}
+        if kind == "quadratic":
+            theta = theta_from_qab(p["Q"], p["A"], p["b"])
+        elif kind == "affine":
+            theta = jnp.concatenate([p["A"], p["b"][:, None]], axis=1)
+        else:
+            theta = p["A"]
+        thetas.append(theta)
+        kinds.append(kind)
+        s2s.append(jnp.square(p[SCATTER]) if SCATTER in p else jnp.zeros((), dtype))
+    return tuple(thetas), tuple(kinds), tuple(s2s)
+
+
+def vem_problem(
+    model: LuxModel,
+    names: tuple[str, ...],
+    blocks: tuple[Block, ...],
+    fixed: Mapping[str, Any],
+    call: str,
+    fixed_latents: Array | None = None,
+) -> tuple[VEMProblem, tuple[dict[str, Array], ...]]:
+    """The `VEMProblem` of the outputs ``names`` and start parameters (fixed values
+    where given, else zero weights and unit scatter)."""
+    k = model.latent_size
+    n = blocks[0].y.shape[0]
+    dtype = blocks[0].y.dtype
+    specs, priors, ridges, params = [], [], [], []
+    for name in names:
+        t = model.outputs[name]
+        kind = kind_of(t)
+        fx = fixed.get(name, {})
+        held = [p for p in t.param_names if p in fx]
+        if held and len(held) != len(t.param_names):
+            msg = (
+                f"{call}(fixed_params[{name!r}]): with a QuadraticTransform output "
+                f"in the fit, hold all of {list(t.param_names)} fixed or none "
+                f"(got {held})"
+            )
+            raise ValueError(msg)
+        free = not held
+        shapes = t.param_shapes(k, n)
+        expanded = t.expanded_priors(k, n)
+        s_prior = t.scatter_prior
+        has_s = s_prior is not None or SCATTER in fx
+        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
+        specs.append(
+            FeatureSpec(
+                kind=kind,
+                free=free,
+                s_kind="none"
+                if not has_s
+                else ("scalar" if s_shape == () else "vector"),
+                s_free=s_prior is not None and SCATTER not in fx,
+            )
+        )
+        if free:
+            rid = {
+                p: ridge_from_prior(
+                    expanded[p], shapes[p], f"{call}: prior of {name!r} parameter {p!r}"
+                )
+                for p in t.param_names
+            }
+            if kind == "quadratic":
+                loc, prec = theta_ridge(rid["Q"], rid["A"], rid["b"])
+            elif kind == "affine":
+                loc = jnp.concatenate([rid["A"][0], rid["b"][0][:, None]], axis=1)
+                prec = jnp.concatenate([rid["A"][1], rid["b"][1][:, None]], axis=1)
+            else:
+                loc, prec = rid["A"]
+            ridges.append((jnp.asarray(loc, dtype), jnp.asarray(prec, dtype)))
+            theta = jnp.zeros((t.output_size, len(feature_index(kind, k))), dtype)
+        else:
+            ridges.append(None)
+            theta = polynomial_thetas(model, {name: fx}, [name], dtype)[0][0]
+        pr = {p: expanded[p] for p in t.param_names}
+        if s_prior is not None:
+            pr[SCATTER] = s_prior
+        priors.append(pr)
+        p0 = {THETA: theta}
+        if has_s:
+            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        params.append(p0)
+    problem = VEMProblem(
+        specs=tuple(specs),
+        k=k,
+        blocks=blocks,
+        priors=tuple(priors),
+        ridges=tuple(ridges),
+        fixed_latents=None
+        if fixed_latents is None
+        else jnp.asarray(fixed_latents, dtype),
+    )
+    return problem, tuple(params)
+
+
+def output_params(
+    spec: FeatureSpec, p: Mapping[str, Array], k: int
+) -> dict[str, Array]:
+    """The transform's named parameters (and ``s``) of one output's state."""
+    out = named_params(spec.kind, p[THETA], k)
+    if spec.has_s:
+        out[SCATTER] = p[SCATTER]
+    return out
+
+
+def _starts(k: int, dtype: Any) -> Array:
+    """Gauss–Newton starting points: the origin and ±1.5 along each latent axis."""
+    eye = 1.5 * np.eye(k)
+    return jnp.asarray(np.concatenate([np.zeros((1, k)), eye, -eye]), dtype)
+
+
+@partial(jax.jit, static_argnames=("kinds", "k", "n_iter"))
+def posterior_polynomial(
+    blocks: tuple[Block, ...],
+    thetas: tuple[Array, ...],
+    s2s: tuple[Array, ...],
+    kinds: tuple[str, ...],
+    k: int,
+    n_iter: int = 30,
+) -> tuple[Array, Array, Array]:
+    """Gaussian posterior of every star's latents for fixed parameters.
+
+    Gauss–Newton from several starts finds the mode (`map_modes`), whose
+    Gauss–Newton precision starts ``n_iter`` natural-gradient updates of the
+    Gaussian (`e_step`). Returns ``(mean, cov, multimodal)``.
+    """
+    index = tuple(feature_index(kind, k) for kind in kinds)
+    stats = star_stats(blocks, thetas, index, s2s, k)
+    modes = map_modes(stats, _starts(k, blocks[0].y.dtype), n_iter)
+    mean, prec, _ = e_step(stats, modes.mean, modes.prec, n_iter)
+    return mean, inverse_from_cholesky(cholesky(prec)), modes.multimodal
+
+
+@partial(jax.jit, static_argnames=("kind",))
+def predictive_polynomial(
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"],
+    theta: Float[Array, "d mo"],
+    s2: Array,
+    row_cov: Float[Array, "d mo mo"] | None,
+    kind: str,
+) -> tuple[Float[Array, "n d"], Float[Array, "n d"]]:
+    r"""Exact predictive mean and standard deviation of ``y = θᵀφ(z)`` (+ ``s``)
+    under ``z ~ N(mean, cov)``: :math:`\theta_d^\top E\phi` and
+    :math:`\theta_d^\top \operatorname{cov}(\phi)\,\theta_d + s_d^2`
+    (+ :math:`\operatorname{tr}(C_d E[\phi\phi^\top])` for row covariances ``C``)."""
+    n, k = mean.shape
+    idx = feature_index(kind, k)
+    Ephi, cov_phi = moments(mean, cov)
+    E, C = Ephi[:, idx], cov_phi[:, idx[:, None], idx[None, :]]
+    mo = len(idx)
+    var = C.reshape(n, mo * mo) @ outer_rows(theta).T + s2
+    if row_cov is not None:
+        second = (C + E[:, :, None] * E[:, None, :]).reshape(n, mo * mo)
+        var = var + second @ row_cov.reshape(row_cov.shape[0], -1).T
+    return E @ theta.T, jnp.sqrt(var)
+
+
+def n_row_features(transform: AbstractTransform, k: int) -> int:
+    """Size of a row of `FitResult.param_cov` for ``transform``."""
+    kind = kind_of(transform)
+    return n_features(k) if kind == "quadratic" else len(feature_index(kind, k))
