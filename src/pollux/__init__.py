@@ -1,11 +1,12 @@
 """pollux: Lux models of stellar spectra and labels, in JAX."""
 
 from . import data, datasets, fit, models
-from .models import FitResult, LatentPosterior, LuxModel
+from .models import CannonModel, FitResult, LatentPosterior, LuxModel
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CannonModel",
     "FitResult",
     "LatentPosterior",
     "LuxModel",

@@ -29,6 +29,7 @@ from pollux.data import OutputData, PolluxData, ShiftScalePreprocessor  # noqa: 
 from pollux.fit import LatentPosterior  # noqa: E402
 from pollux.models.transforms import (  # noqa: E402
     AffineTransform,
+    FunctionTransform,
     LinearTransform,
     QuadraticTransform,
 )
@@ -619,10 +620,25 @@ def test_param_cov_calibrates_a_small_training_set():
 # ----------------------------------------------------------------------------------
 # 9. Bad input
 # ----------------------------------------------------------------------------------
-def test_fit_refuses_nonlinear_transform():
+def test_fit_refuses_non_polynomial_transform():
     model = plx.LuxModel(latent_size=K)
+    model.register_output(
+        "flux",
+        FunctionTransform(
+            D1,
+            lambda z, w: jnp.tanh(w @ z),
+            param_priors={"w": dist.Normal(0.0, 1.0)},
+            param_shapes={"w": ("output_size", "input_size")},
+        ),
+    )
+    with pytest.raises(ValueError, match=r"FunctionTransform.*polynomial.*optimize"):
+        model.fit(_data(), names=["flux"], progress=False)
+
+
+def test_fit_refuses_quadratic_with_too_many_latents():
+    model = plx.LuxModel(latent_size=11)
     model.register_output("flux", QuadraticTransform(D1))
-    with pytest.raises(ValueError, match=r"QuadraticTransform.*optimize"):
+    with pytest.raises(ValueError, match=r"latent_size=11.*up to latent_size=10"):
         model.fit(_data(), names=["flux"], progress=False)
 
 

@@ -2,6 +2,7 @@
 
 from . import transforms
 from ._results import FitResult, LatentPosterior
+from .cannon import CannonModel
 from .lux import LuxModel
 
-__all__ = ["FitResult", "LatentPosterior", "LuxModel", "transforms"]
+__all__ = ["CannonModel", "FitResult", "LatentPosterior", "LuxModel", "transforms"]

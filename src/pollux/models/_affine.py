@@ -14,25 +14,12 @@ from .transforms import AbstractTransform, AffineTransform, LinearTransform
 if TYPE_CHECKING:
     from .lux import LuxModel
 
-__all__ = ["affine_params", "is_affine", "require_affine"]
+__all__ = ["affine_params", "is_affine"]
 
 
 def is_affine(transform: AbstractTransform) -> bool:
     """Whether the closed-form (EM / exact posterior) path handles ``transform``."""
     return type(transform) in (LinearTransform, AffineTransform)
-
-
-def require_affine(model: LuxModel, names: Iterable[str], call: str) -> None:
-    """Refuse outputs the closed-form path cannot handle, pointing to `optimize`."""
-    for name in names:
-        t = model.outputs[name]
-        if not is_affine(t):
-            msg = (
-                f"{call}: output {name!r} uses {type(t).__name__}, which is not "
-                "linear in the latents; the closed-form path handles LinearTransform "
-                "and AffineTransform. Use LuxModel.optimize (numpyro MAP) instead."
-            )
-            raise ValueError(msg)
 
 
 def affine_params(

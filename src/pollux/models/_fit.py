@@ -26,7 +26,7 @@ from ..core.mstep import row_covariances
 from ..core.pca import pca_latents
 from ..core.posterior import posterior_moments, predictive
 from ..data import OutputData, PolluxData
-from ._affine import affine_params, require_affine
+from ._affine import affine_params
 from ._checks import (
     blocks_for,
     check_data,
@@ -102,11 +102,8 @@ def fit_em(
     call = "LuxModel.fit"
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
+    require_polynomial(model, names, call)
     quadratic = uses_quadratic(model, names)
-    if quadratic:
-        require_polynomial(model, names, call)
-    else:
-        require_affine(model, names, call)
     check_positive_int(max_iter, f"{call}(max_iter=...)")
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
@@ -296,11 +293,8 @@ def infer_latents(
     call = "LuxModel.infer_latents"
     data = check_data(data, call)
     names = resolve_names(model, names, call, data.names)
+    require_polynomial(model, names, call)
     quadratic = uses_quadratic(model, names)
-    if quadratic:
-        require_polynomial(model, names, call)
-    else:
-        require_affine(model, names, call)
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )

@@ -38,7 +38,9 @@ def ridge_from_prior(
         loc = jnp.broadcast_to(base.loc, shape)
         prec = jnp.broadcast_to(1.0 / jnp.square(base.scale), shape)
         return loc, prec
-    if isinstance(base, dist.ImproperUniform) and base.support is dist.constraints.real:
+    support = getattr(base, "support", None)
+    support = getattr(support, "base_constraint", support)  # independent(real, n)
+    if isinstance(base, dist.ImproperUniform) and support is dist.constraints.real:
         return jnp.zeros(shape), jnp.zeros(shape)
     msg = (
         f"{where}: the closed-form fit supports Normal or ImproperUniform(real) "
