@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import numbers
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._params import check_positive_int
 
-__all__ = ["make_simulated_linear_data", "make_underestimated_errors_data"]
+__all__ = [
+    "apogee_like",
+    "make_simulated_linear_data",
+    "make_underestimated_errors_data",
+]
 
 
 def _rng(rng: Any) -> np.random.Generator:
@@ -169,3 +176,252 @@ def make_underestimated_errors_data(
 
     truth["extra_err"] = extra_err
     return PolluxData(flux=output("flux"), label=output("label")), truth
+
+
+# --- APOGEE-like spectra --------------------------------------------------------------
+
+APOGEE_DATA_DIR = Path(__file__).parent / "_data" / "apogee"
+"""Where the APOGEE files `apogee_like` reads ship with pollux (see the README.md
+there for their licences and provenance)."""
+
+APOGEE_FILES = (
+    "NN_normalized_spectra.npz",
+    "dr17_giant_labels.npz",
+    "apogee_wavelength.npz",
+)
+APOGEE_LABEL_NAMES = ("teff", "logg", "fe_h", "mg_fe")
+
+_N_BAD = 72  # bad pixels per star: 1% of 7,214, rounded
+_N_UNREPORTED = 150
+_CHUNK = 256  # stars per chunk; part of the recipe (the order of the random draws)
+_EMULATOR_CHUNK = 32  # stars per emulator pass: its (32, 72140) arrays stay in cache
+_LABEL_ERR_RANGE = np.array([[30.0, 0.03, 0.01, 0.01], [80.0, 0.1, 0.03, 0.04]])
+
+
+def _apogee_dir(data_dir: str | os.PathLike[str] | None) -> tuple[Path, str]:
+    if data_dir is not None:
+        return Path(os.fspath(data_dir)), "data_dir"
+    env = os.environ.get("POLLUX_DATA_DIR")
+    if env:
+        return Path(env), "the environment variable POLLUX_DATA_DIR"
+    return APOGEE_DATA_DIR, "pollux's package data"
+
+
+def _load_apogee(data_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The emulator arrays, the label table and the wavelength grid, from ``data_dir``,
+    else ``$POLLUX_DATA_DIR``, else the files shipped with pollux."""
+    where, source = _apogee_dir(data_dir)
+    arrays: dict[str, Any] = {}
+    for name in APOGEE_FILES:
+        path = where / name
+        if not path.is_file():
+            msg = (
+                f"apogee_like: data file {name!r} is missing: expected it at {path} "
+                f"(directory from {source}). The files "
+                f"{', '.join(APOGEE_FILES)} ship with pollux in {APOGEE_DATA_DIR}; "
+                "pass data_dir=... or set POLLUX_DATA_DIR to a directory holding all "
+                "of them, or reinstall pollux."
+            )
+            raise FileNotFoundError(msg)
+        with np.load(path, allow_pickle=False) as f:
+            arrays.update({key: np.asarray(f[key]) for key in f.files})
+    return arrays
+
+
+def _emulate(emulator: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
+    """BinSpec++ flux (n, 7214), float64, of labels (n, 5) (Teff, logg, [Fe/H],
+    [Mg/Fe], v_macro), in chunks of `_EMULATOR_CHUNK` stars.
+
+    The network runs in float32, the precision of its weights: about twice as fast
+    as float64 and within 5e-7 of it (measured on 3,000 stars of the label table).
+    """
+    f32 = np.float32
+    w0 = emulator["w_array_0"].astype(f32)  # (P, H, 5)
+    n_pix, n_hidden, n_in = w0.shape
+    w0 = np.ascontiguousarray(w0.reshape(n_pix * n_hidden, n_in).T)  # (5, P*H)
+    b0 = emulator["b_array_0"].astype(f32).ravel()
+    w1 = emulator["w_array_1"].astype(f32)
+    b1 = emulator["b_array_1"].astype(np.float64)
+    x_min, x_max = emulator["x_min"], emulator["x_max"]
+    x = ((np.asarray(labels, dtype=np.float64) - x_min) / (x_max - x_min) - 0.5).astype(
+        f32
+    )
+    flux = np.empty((len(x), n_pix))
+    # work buffers reused by all chunks: a new large array per chunk costs page faults
+    chunk = min(_EMULATOR_CHUNK, len(x))
+    hidden, summed = (
+        np.empty((chunk, n_pix * n_hidden), f32),
+        np.empty((chunk, n_pix), f32),
+    )
+    for start in range(0, len(x), _EMULATOR_CHUNK):
+        x_chunk = x[start : start + _EMULATOR_CHUNK]
+        u, out = hidden[: len(x_chunk)], summed[: len(x_chunk)]
+        # einsum, not BLAS: threaded BLAS is no faster on a (32, 5) @ (5, P*H)
+        # product, and several times slower on a busy machine
+        np.einsum("ck,kq->cq", x_chunk, w0, out=u)
+        u += b0
+        np.negative(u, out=u)  # sigmoid in place: 1 / (1 + exp(-u))
+        np.exp(u, out=u)
+        u += f32(1.0)
+        np.reciprocal(u, out=u)
+        np.einsum("cph,ph->cp", u.reshape(-1, n_pix, n_hidden), w1, out=out)
+        np.add(out, b1, out=flux[start : start + _EMULATOR_CHUNK])
+    return flux
+
+
+def _check_seed(seed: Any) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        msg = f"apogee_like(seed=...): expected a non-negative int, got {seed!r}"
+        raise TypeError(msg)
+    if seed < 0:
+        msg = f"apogee_like(seed=...): expected a non-negative int, got {seed}"
+        raise ValueError(msg)
+    return int(seed)
+
+
+def apogee_like(
+    n_stars: int,
+    *,
+    seed: int,
+    data_dir: str | os.PathLike[str] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Realistic APOGEE-like red-giant spectra with labels, errors and known defects.
+
+    The labels (Teff [K], logg, [Fe/H], [Mg/Fe]) of ``n_stars`` different real
+    APOGEE DR17 giants, drawn without replacement from a table of 100,000 (those
+    inside the emulator's label range; [α/M] stands in for [Mg/Fe]). Each star's
+    continuum-normalised spectrum on the 7,214-pixel aspcapStar grid comes from the
+    BinSpec++ emulator (Ting 2019, trained on real APOGEE spectra), with a
+    macroturbulence ``v_macro ~ U(3, 10)`` km/s as a nuisance. Then:
+
+    - each star has an SNR, log-uniform on [30, 300]; each pixel's reported error is
+      ``U(0.8, 1.2) / SNR``; the observed flux is the true flux plus Normal noise of
+      that size;
+    - 72 pixels (1%) per star, chosen at random per star, are bad: flux NaN, error
+      inf;
+    - 150 pixels, the same for every star of a seed, receive extra Normal noise of
+      standard deviation ``U(0.01, 0.05)`` (one per pixel) that the reported errors
+      do **not** include;
+    - label errors are uniform per star in Teff [30, 80] K, logg [0.03, 0.1],
+      [Fe/H] [0.01, 0.03], [Mg/Fe] [0.01, 0.04]; the observed labels are the true
+      ones plus Normal noise of that size.
+
+    All draws come from ``numpy.random.default_rng(seed)``: a seed gives the same
+    data set every time. Make the train and test sets from one call, by slicing.
+    10,000 stars take about 6 s of CPU time (half of it the emulator) and 2 GB of
+    memory (float64 arrays).
+
+    Parameters
+    ----------
+    n_stars
+        Number of stars, at most the 100,000 rows of the label table.
+    seed
+        Non-negative int seed.
+    data_dir
+        Directory holding ``NN_normalized_spectra.npz``, ``dr17_giant_labels.npz``
+        and ``apogee_wavelength.npz``; default ``$POLLUX_DATA_DIR`` if set, else
+        the copies shipped with pollux (``pollux/_data/apogee``, with their
+        licences and provenance in the README.md there).
+
+    Returns
+    -------
+    obs
+        ``flux`` (n_stars, 7214), NaN at bad pixels; ``flux_err``, inf there;
+        ``label`` (n_stars, 4); ``label_err``. All float64.
+    truth
+        ``flux`` (noise-free) and ``label``; ``label_names``; ``wavelength``
+        (7214,) in vacuum Å; per star ``snr``, ``vmacro`` and ``table_index`` (the
+        row of the label table); ``bad_pixels`` (n_stars, 7214) bool;
+        ``unreported_pixels`` (150,) sorted pixel indices and ``unreported_sigma``
+        (150,) their extra noise.
+
+    Examples
+    --------
+    >>> obs, truth = apogee_like(20, seed=0)
+    >>> obs["flux"].shape, obs["label"].shape, truth["label_names"]
+    ((20, 7214), (20, 4), ('teff', 'logg', 'fe_h', 'mg_fe'))
+    >>> train, test = slice(0, 15), slice(15, None)
+    >>> obs["flux"][train].shape, truth["snr"][test].shape
+    ((15, 7214), (5,))
+    >>> bool(np.all(np.isnan(obs["flux"]) == truth["bad_pixels"]))
+    True
+    """
+    n_stars = check_positive_int(n_stars, "apogee_like(n_stars=...)")
+    seed = _check_seed(seed)
+    data = _load_apogee(data_dir)
+    table = np.asarray(data["labels"], dtype=np.float64)
+    names = tuple(str(name) for name in data.get("label_names", ()))
+    if table.ndim != 2 or table.shape[1] != 4 or names != APOGEE_LABEL_NAMES:
+        msg = (
+            f"apogee_like: the label table must have columns {APOGEE_LABEL_NAMES}, "
+            f"got {names} with shape {table.shape}"
+        )
+        raise ValueError(msg)
+    if n_stars > len(table):
+        msg = (
+            f"apogee_like(n_stars=...): at most {len(table)} stars (the rows of the "
+            f"label table), got {n_stars}"
+        )
+        raise ValueError(msg)
+    wavelength = np.asarray(data["wavelength"], dtype=np.float64)
+    n_pix = len(wavelength)
+
+    rng = np.random.default_rng(seed)
+    # first, so that they depend on the seed alone
+    unreported = np.sort(rng.choice(n_pix, size=_N_UNREPORTED, replace=False))
+    unreported_sigma = rng.uniform(0.01, 0.05, size=_N_UNREPORTED)
+    index = rng.choice(len(table), size=n_stars, replace=False)
+    label = table[index]
+    vmacro = rng.uniform(3.0, 10.0, size=n_stars)
+    snr = np.exp(rng.uniform(np.log(30.0), np.log(300.0), size=n_stars))
+    lo, hi = _LABEL_ERR_RANGE
+    label_err = rng.uniform(lo, hi, size=(n_stars, 4))
+    label_obs = label + label_err * rng.standard_normal((n_stars, 4))
+
+    true_flux = _emulate(data, np.column_stack([label, vmacro]))
+    if true_flux.shape[1] != n_pix:
+        msg = (
+            f"apogee_like: the emulator gives {true_flux.shape[1]} pixels, the "
+            f"wavelength grid has {n_pix}"
+        )
+        raise ValueError(msg)
+    flux = np.empty_like(true_flux)
+    flux_err = np.empty_like(true_flux)
+    bad = np.zeros(true_flux.shape, dtype=bool)
+    for start in range(0, n_stars, _CHUNK):  # drawn into the outputs, chunk by chunk
+        rows = slice(start, min(start + _CHUNK, n_stars))
+        err, obs_flux, bad_rows = flux_err[rows], flux[rows], bad[rows]  # views
+        rng.random(out=err)  # U(0.8, 1.2) / SNR
+        err *= 0.4
+        err += 0.8
+        err /= snr[rows, None]
+        rng.standard_normal(out=obs_flux)
+        obs_flux *= err
+        obs_flux += true_flux[rows]
+        obs_flux[:, unreported] += unreported_sigma * rng.standard_normal(
+            (len(obs_flux), _N_UNREPORTED)
+        )
+        for row in bad_rows:  # 72 different pixels per star
+            row[rng.choice(n_pix, size=_N_BAD, replace=False)] = True
+        obs_flux[bad_rows] = np.nan
+        err[bad_rows] = np.inf
+
+    obs = {
+        "flux": flux,
+        "flux_err": flux_err,
+        "label": label_obs,
+        "label_err": label_err,
+    }
+    truth = {
+        "flux": true_flux,
+        "label": label,
+        "label_names": APOGEE_LABEL_NAMES,
+        "wavelength": wavelength,
+        "snr": snr,
+        "vmacro": vmacro,
+        "table_index": index,
+        "bad_pixels": bad,
+        "unreported_pixels": unreported,
+        "unreported_sigma": unreported_sigma,
+    }
+    return obs, truth

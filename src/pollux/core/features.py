@@ -33,7 +33,10 @@ __all__ = [
     "features",
     "moments",
     "n_features",
+    "outer_packed",
     "qab_from_theta",
+    "sym_pack",
+    "sym_unpack",
     "theta_from_qab",
     "theta_ridge",
 ]
@@ -175,3 +178,32 @@ def theta_ridge(
         jnp.concatenate([loc, Al, bl[:, None]], axis=1),
         jnp.concatenate([prec, Ap, bp[:, None]], axis=1),
     )
+
+
+def sym_pack(
+    X: Float[Array, "... m m"], doubled: bool = False
+) -> Float[Array, "... t"]:
+    """Upper triangle (row-major) of symmetric matrices; ``doubled`` counts each
+    off-diagonal entry twice, so that ``sym_pack(X, True) · outer_packed(θ)`` is
+    ``θᵀXθ``. Halves the work of the products over pairs of features.
+
+    >>> X = jnp.array([[1.0, 2.0], [2.0, 3.0]])
+    >>> sym_pack(X).tolist(), sym_pack(X, doubled=True).tolist()
+    ([1.0, 2.0, 3.0], [1.0, 4.0, 3.0])
+    """
+    i, j = np.triu_indices(X.shape[-1])
+    packed = X[..., i, j]
+    return jnp.where(i == j, packed, 2 * packed) if doubled else packed
+
+
+def sym_unpack(P: Float[Array, "... t"], m: int) -> Float[Array, "... m m"]:
+    """Symmetric matrices from their `sym_pack` upper triangles."""
+    i, j = np.triu_indices(m)
+    X = jnp.zeros((*P.shape[:-1], m, m), P.dtype)
+    return X.at[..., i, j].set(P).at[..., j, i].set(P)
+
+
+def outer_packed(theta: Float[Array, "d m"]) -> Float[Array, "d t"]:
+    """``θ_p θ_q`` (p ≤ q) of each row: `sym_pack` of the row outer products."""
+    i, j = np.triu_indices(theta.shape[-1])
+    return theta[:, i] * theta[:, j]

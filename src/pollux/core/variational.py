@@ -40,9 +40,9 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from .blocks import Block
-from .features import features, moments, n_features
+from .features import features, moments, n_features, outer_packed, sym_unpack
 from .linalg import cho_solve, cholesky, inverse_from_cholesky, logdet_from_cholesky
-from .posterior import outer_rows, precisions
+from .posterior import precisions
 
 __all__ = [
     "StarStats",
@@ -83,7 +83,7 @@ def star_stats(
     for block, theta, idx, s2 in zip(blocks, thetas, index, s2s, strict=True):
         lam = precisions(block, s2)
         mo = theta.shape[1]
-        Ro = (lam @ outer_rows(theta)).reshape(n, mo, mo)
+        Ro = sym_unpack(lam @ outer_packed(theta), mo)
         R = R.at[:, idx[:, None], idx[None, :]].add(Ro)
         h = h.at[:, idx].add((lam * block.y) @ theta)
         c = c + jnp.sum(lam * block.y**2, axis=1)
@@ -184,7 +184,7 @@ class Modes(NamedTuple):
 
 def map_modes(
     stats: StarStats,
-    starts: Float[Array, "s k"],
+    starts: Float[Array, "s k"] | Float[Array, "s n k"],
     n_iter: int,
     prior_precision: float = 1.0,
     delta: float = 2.0,
@@ -199,7 +199,7 @@ def map_modes(
     ``delta`` of the best :math:`j` but more than ``distance`` posterior standard
     deviations (Mahalanobis, Gauss–Newton precision) away from it.
     """
-    n, k = stats.h.shape[0], starts.shape[1]
+    n, k = stats.h.shape[0], starts.shape[-1]
     eye = jnp.eye(k, dtype=stats.h.dtype)
 
     def objective(z):

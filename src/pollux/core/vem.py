@@ -31,10 +31,17 @@ from jaxtyping import Array, Float
 
 from .._params import SCATTER
 from .blocks import Block, gaussian_loglike
-from .features import feature_index, moments, qab_from_theta
+from .features import (
+    feature_index,
+    moments,
+    outer_packed,
+    qab_from_theta,
+    sym_pack,
+    sym_unpack,
+)
 from .linalg import cholesky, inverse_from_cholesky
 from .mstep import _ridge_cholesky, ridge_solve
-from .posterior import outer_rows, precisions
+from .posterior import precisions
 from .sstep import s_step
 from .variational import e_step, star_stats
 
@@ -104,7 +111,6 @@ def _neg_log_prior(problem: VEMProblem, params: Params) -> Array:
 def _m_step(problem, params, mean, cov) -> Params:
     """Ridge solves for the free feature weights, then the s-steps."""
     Ephi, cov_phi = moments(mean, cov)
-    n = mean.shape[0]
     second = Ephi[:, :, None] * Ephi[:, None, :]
     if cov_phi is not None:
         second = second + cov_phi
@@ -123,16 +129,16 @@ def _m_step(problem, params, mean, cov) -> Params:
         E, mo = Ephi[:, idx], len(idx)
         if spec.free:
             loc, prec = ridge
-            S = second[:, idx[:, None], idx[None, :]].reshape(n, mo * mo)
-            G = (lam.T @ S).reshape(-1, mo, mo) + jax.vmap(jnp.diag)(prec)
+            S = sym_pack(second[:, idx[:, None], idx[None, :]])
+            G = sym_unpack(lam.T @ S, mo) + jax.vmap(jnp.diag)(prec)
             c = (lam * block.y).T @ E + prec * loc
             q[THETA] = ridge_solve(G, c)
         if spec.has_s and spec.s_free:
             theta = q[THETA]
             e = jnp.square(block.y - E @ theta.T)
             if cov_phi is not None:
-                C = cov_phi[:, idx[:, None], idx[None, :]].reshape(n, mo * mo)
-                e = e + C @ outer_rows(theta).T
+                C = sym_pack(cov_phi[:, idx[:, None], idx[None, :]], doubled=True)
+                e = e + C @ outer_packed(theta).T
             e = jnp.where(block.mask, e, 0.0)
             q[SCATTER] = s_step(
                 block, e, p[SCATTER], prior[SCATTER], scalar=spec.s_kind == "scalar"
@@ -272,7 +278,6 @@ def vem_final(
     second = Ephi[:, :, None] * Ephi[:, None, :]
     if cov_phi is not None:
         second = second + cov_phi
-    n = mean.shape[0]
     row_covs = []
     for spec, block, ridge, idx, p in zip(
         problem.specs,
@@ -288,7 +293,7 @@ def vem_final(
             row_covs.append(jnp.zeros((d, mo, mo), mean.dtype))
             continue
         lam = precisions(block, _s2(spec, p))
-        S = second[:, idx[:, None], idx[None, :]].reshape(n, mo * mo)
-        G = (lam.T @ S).reshape(d, mo, mo) + jax.vmap(jnp.diag)(ridge[1])
+        S = sym_pack(second[:, idx[:, None], idx[None, :]])
+        G = sym_unpack(lam.T @ S, mo) + jax.vmap(jnp.diag)(ridge[1])
         row_covs.append(inverse_from_cholesky(_ridge_cholesky(G)))
     return VState(state.params, mean, prec), loss, tuple(row_covs)

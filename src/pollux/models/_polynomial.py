@@ -21,11 +21,12 @@ from ..core.features import (
     feature_index,
     moments,
     n_features,
+    outer_packed,
+    sym_pack,
     theta_from_qab,
     theta_ridge,
 )
 from ..core.linalg import cholesky, inverse_from_cholesky
-from ..core.posterior import outer_rows
 from ..core.variational import e_step, map_modes, star_stats
 from ..core.vem import THETA, FeatureSpec, VEMProblem, named_params
 from ._setup import ridge_from_prior
@@ -248,15 +249,13 @@ def predictive_polynomial(
     under ``z ~ N(mean, cov)``: :math:`\theta_d^\top E\phi` and
     :math:`\theta_d^\top \operatorname{cov}(\phi)\,\theta_d + s_d^2`
     (+ :math:`\operatorname{tr}(C_d E[\phi\phi^\top])` for row covariances ``C``)."""
-    n, k = mean.shape
-    idx = feature_index(kind, k)
+    idx = feature_index(kind, mean.shape[1])
     Ephi, cov_phi = moments(mean, cov)
     E, C = Ephi[:, idx], cov_phi[:, idx[:, None], idx[None, :]]
-    mo = len(idx)
-    var = C.reshape(n, mo * mo) @ outer_rows(theta).T + s2
+    var = sym_pack(C, doubled=True) @ outer_packed(theta).T + s2
     if row_cov is not None:
-        second = (C + E[:, :, None] * E[:, None, :]).reshape(n, mo * mo)
-        var = var + second @ row_cov.reshape(row_cov.shape[0], -1).T
+        second = sym_pack(C + E[:, :, None] * E[:, None, :], doubled=True)
+        var = var + second @ sym_pack(row_cov).T
     return E @ theta.T, jnp.sqrt(var)
 
 

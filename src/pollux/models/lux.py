@@ -16,6 +16,7 @@ from .._params import (
     without_latents,
 )
 from ..data import PolluxData
+from ._calibrate import calibrate
 from ._checks import check_latents_shape, check_params, resolve_names
 from ._fit import fit_em, infer_latents, predict
 from ._optimize import optimize_map
@@ -252,3 +253,98 @@ class LuxModel:
         with errors.
         """
         return predict(self, posterior, params, names, param_cov)
+
+    def calibrate(
+        self,
+        data: PolluxData,
+        result: FitResult,
+        *,
+        given: str | Iterable[str] = ("flux",),
+        folds: int = 5,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> FitResult:
+        """Re-estimate the extra scatter ``s`` of the predicted outputs from held-out,
+        ``given``-only predictions (k-fold cross-validation on the training set).
+
+        The scatter ``s`` of, say, the labels is learned jointly with the flux: the
+        training stars' latents saw their labels, so ``s`` measures how well the
+        model reproduces labels it was shown, not how well it predicts them from
+        the flux alone. Errors of the flux model are correlated across pixels and
+        do not average out, so labels predicted from flux are less accurate than
+        that, and their z-scores too wide. ``calibrate`` measures the error the
+        way the model will be used: the stars of ``data`` are split into
+        ``folds`` (a seeded permutation); for each fold the model is refit *from
+        scratch* on the other folds (with the settings of ``result``: no warm
+        start, which would leak the held-out labels), the held-out stars' latents
+        are inferred from the ``given`` outputs alone, and the other outputs are
+        predicted (with ``param_cov``, without ``s``: predictive variance
+        ``v_model``). For each predicted output the new ``s ≥ 0`` maximises
+        ``Σ log N(pred − observed; 0, v_model + err² + s²)`` over all held-out
+        stars and observed values: one value per dimension if the output's ``s``
+        is a vector, one value if it is a scalar.
+
+        Parameters
+        ----------
+        data
+            Preprocessed `PolluxData` of the training stars, holding the ``given``
+            and the predicted outputs (normally the data ``result`` was fit to).
+        result
+            A `FitResult` of `LuxModel.fit` on this model, without fixed
+            parameters. Its fitted outputs that are not ``given`` are calibrated;
+            each must declare an extra scatter (``param_priors={"s": ...}``).
+        given
+            The outputs new stars will be labelled from (default ``("flux",)``).
+        folds
+            Number of folds, an int from 2 to the number of stars. More folds train
+            each refit on more stars (closer to the final model) but cost more fits.
+        seed
+            Seed of the permutation that splits the stars.
+        progress
+            Show a progress bar over the folds.
+
+        Returns
+        -------
+        FitResult
+            ``result`` with only ``params[target]["s"]`` replaced by the calibrated
+            values (``result`` itself is unchanged) and ``calibration[target]``
+            recording ``s_fit`` (the old ``s``), ``s`` (the new one), ``s2_se``
+            (Fisher standard error of ``s²``), ``given``, ``folds``, ``seed``,
+            ``n_stars`` (held-out stars with observed values) and
+            ``z_std_before`` / ``z_std_after`` (spread of the held-out z-scores,
+            against the observed values with their errors in quadrature, with the
+            old and new ``s``). Use it as before:
+            ``infer_latents(test, cal.params, names=["flux"])`` then
+            ``predict(post, cal.params, names=["label"], param_cov=cal.param_cov)``.
+
+        Raises
+        ------
+        TypeError, ValueError
+            Before any fitting, for a wrong argument: ``data`` not a `PolluxData`
+            or lacking an output, ``given`` empty or not registered, ``folds`` not
+            an int in [2, n_stars], ``result`` without settings or fit with fixed
+            parameters, a predicted output without an extra scatter ``s``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numpyro.distributions as dist
+        >>> import pollux as plx
+        >>> from pollux.models.transforms import LinearTransform
+        >>> obs, _ = plx.datasets.make_simulated_linear_data(
+        ...     n_stars=60, n_latents=2, n_labels=2, n_flux=8, rng=0)
+        >>> data = plx.data.PolluxData(
+        ...     flux=plx.data.OutputData(obs["flux"], err=obs["flux_err"]),
+        ...     label=plx.data.OutputData(obs["label"], err=obs["label_err"]))
+        >>> model = plx.LuxModel(latent_size=2)
+        >>> model.register_output("flux", LinearTransform(output_size=8))
+        >>> model.register_output("label", LinearTransform(
+        ...     output_size=2, param_priors={"s": dist.HalfNormal(1.0).expand((2,))}))
+        >>> result = model.fit(data, progress=False)
+        >>> cal = model.calibrate(data, result, folds=2, progress=False)
+        >>> cal.params["label"]["s"].shape, sorted(cal.calibration)
+        ((2,), ['label'])
+        """
+        return calibrate(
+            self, data, result, given=given, folds=folds, seed=seed, progress=progress
+        )
