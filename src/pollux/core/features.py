@@ -161,8 +161,11 @@ def theta_ridge(
     For :math:`i < j`, :math:`\theta = Q_{ij} + Q_{ji} = 2 Q_{ij}`, so the priors
     :math:`N(l_{ij}, p_{ij}^{-1/2})` and :math:`N(l_{ji}, p_{ji}^{-1/2})` give
     :math:`\theta` the precision :math:`(p_{ij} + p_{ji})/4` about
-    :math:`2 (p_{ij} l_{ij} + p_{ji} l_{ji}) / (p_{ij} + p_{ji})`: the MAP over a
-    full ``Q`` (whose antisymmetric part only the prior sees) is the same.
+    :math:`2 (p_{ij} l_{ij} + p_{ji} l_{ji}) / (p_{ij} + p_{ji})`: the prior of
+    ``Q`` restricted to symmetric matrices. When the priors of :math:`Q_{ij}` and
+    :math:`Q_{ji}` agree (the default, and any prior symmetric in ``i, j``), this
+    is also the MAP over a full ``Q`` (whose antisymmetric part only the prior sees,
+    and which it sets to zero), so `LuxModel.fit` and `LuxModel.optimize` agree.
     """
     (Ql, Qp), (Al, Ap), (bl, bp) = Q_ridge, A_ridge, b_ridge
     k = Al.shape[-1]
