@@ -59,8 +59,11 @@ class FitResult(eqx.Module):
     converged
         Whether the objective's change per iteration fell below the tolerance.
     param_cov
-        ``{output: (n_dim, k[+1], k[+1])}``: covariance of each row ``(A_d, b_d)``
-        of the fitted transforms given the training latents (zero where fixed).
+        ``{output: (n_dim, m, m)}``: covariance of each row of the fitted
+        transform's weights given the training latents (zero where fixed): the rows
+        ``(A_d, b_d)`` of affine outputs (``m = k + 1``, or ``k`` without offset),
+        the feature weights ``θ_d`` of quadratic ones (``m = (k+1)(k+2)/2``; see
+        `pollux.core.features`).
         Pass it to `LuxModel.predict` to include the uncertainty of the trained
         transforms in predictions.
     settings

@@ -186,7 +186,13 @@ class LuxModel:
         progress: bool = True,
         accelerate: bool = True,
     ) -> FitResult:
-        """Closed-form EM fit, latents marginalised (outputs affine in the latents).
+        """EM fit with the latents marginalised, for outputs polynomial in them.
+
+        Affine outputs only (`LinearTransform`, `AffineTransform`): exact EM on
+        the marginal likelihood. With a `QuadraticTransform` output: variational EM
+        (each star's latents get a Gaussian posterior; the objective is the
+        negative evidence lower bound), started from the converged fit with
+        ``Q = 0``; quadratic outputs need ``latent_size <= 10``.
 
         Parameters
         ----------
@@ -230,7 +236,11 @@ class LuxModel:
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
     ) -> LatentPosterior:
-        """Exact Gaussian posterior of each star's latents given fixed parameters.
+        """Gaussian posterior of each star's latents given fixed parameters.
+
+        Exact for affine outputs. With a quadratic output: the best of several
+        Gauss–Newton starts, refined to the Gaussian closest to the posterior
+        (variational); ``multimodal`` flags stars with a rival mode.
 
         Returns a `LatentPosterior` with ``mean`` (N, K) and ``cov`` (N, K, K).
         """

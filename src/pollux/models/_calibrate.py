@@ -1,0 +1,254 @@
+r"""Driver of `LuxModel.calibrate`: the extra scatter ``s`` of the predicted outputs,
+re-estimated from held-out predictions made the way the model will be used.
+
+The scatter learned jointly with the flux is too small for labels predicted from
+the flux alone: the training latents also saw the labels, so the label residuals
+of the training stars understate the error of a flux-only prediction. Here every
+fold of the stars is held out in turn, the model is refit from scratch on the
+others, and the held-out stars' labels are predicted from their flux alone. For
+each predicted output the new scatter :math:`t = s^2 \ge 0` maximises
+
+.. math::
+
+    \sum_n m_n \log \mathcal{N}\big(\hat y_n - y_n;\ 0,\
+        v_n + \sigma_n^2 + t\big)
+
+over the held-out stars, where :math:`v_n` is the predictive variance without
+``s`` (latent posterior and trained-transform uncertainty) and :math:`\sigma_n`
+the reported error. That is the s-step of the EM with ``e = (ŷ − y)²`` and
+``σ² → v + σ²``, iterated to convergence under a flat prior.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from .._params import SCATTER, without_latents
+from ..core.blocks import Block
+from ..core.sstep import s_step
+from ..data import PolluxData
+from ._checks import check_data, check_params
+from ._heldout import (
+    HeldOutPredictions,
+    check_folds,
+    check_given,
+    check_outputs_in_data,
+    check_seed,
+    fitted_names,
+    held_out,
+    settings_keywords,
+)
+from ._results import FitResult
+
+if TYPE_CHECKING:
+    from .lux import LuxModel
+
+__all__ = ["calibrate", "max_likelihood_scatter"]
+
+_MAX_SWEEPS = 2000  # s-steps; Newton converges in a handful, the EM fallback slower
+
+
+@partial(jax.jit, static_argnames=("scalar",))
+def max_likelihood_scatter(
+    resid2: jax.Array,
+    var: jax.Array,
+    mask: jax.Array,
+    s0: jax.Array,
+    scalar: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""The scatter :math:`s \ge 0` maximising
+    :math:`\sum_n m_n \log N(r_n; 0, v_n + s^2)` (flat prior on ``s``).
+
+    ``resid2`` (N, D) squared residuals, ``var`` (N, D) their variance without
+    ``s``, ``mask`` (N, D) the observed entries, ``s0`` the start (scalar, or
+    (D,) for one value per dimension). Returns ``s``, the Fisher standard error
+    of ``s²`` (:math:`\sqrt{2 / \sum_n m_n/(v_n + s^2)^2}`) and the number of
+    s-steps taken.
+
+    >>> import numpy as np
+    >>> r = np.random.default_rng(0).normal(0.0, np.sqrt(0.5), size=(20000, 1))
+    >>> s, se, _ = max_likelihood_scatter(
+    ...     r**2, np.full_like(r, 0.25), np.ones(r.shape, bool), np.zeros(1), False)
+    >>> bool(abs(float(s[0]) ** 2 - 0.25) < 4 * float(se[0]))
+    True
+    """
+    dtype = jnp.result_type(resid2, var, float)
+    resid2, var = jnp.asarray(resid2, dtype), jnp.asarray(var, dtype)
+    block = Block(
+        jnp.zeros_like(resid2),
+        jnp.where(mask, var, 0.0),
+        mask,
+    )
+    e = jnp.where(mask, resid2, 0.0)
+    prior = dist.ImproperUniform(constraints.positive, (), ())
+    reduce = jnp.sum if scalar else partial(jnp.sum, axis=0)
+    count = jnp.maximum(reduce(mask.astype(dtype)), 1.0)
+    scale = reduce(jnp.where(mask, var + e, 0.0)) / count  # typical variance
+    rtol = 10 * jnp.finfo(dtype).eps ** 0.75
+
+    def step(carry):
+        i, s, _ = carry
+        return i + 1, s_step(block, e, s, prior, scalar), s
+
+    def going(carry):
+        i, s, prev = carry
+        change = jnp.abs(jnp.square(s) - jnp.square(prev))
+        return (i < _MAX_SWEEPS) & jnp.any(change > rtol * (scale + jnp.square(s)))
+
+    s0 = jnp.asarray(s0, dtype)
+    first = step((jnp.asarray(0), s0, s0))
+    n_steps, s, _ = jax.lax.while_loop(going, step, first)
+    t = jnp.square(s)
+    info = reduce(jnp.where(mask, 1.0 / jnp.square(jnp.where(mask, var, 1.0) + t), 0.0))
+    se = jnp.sqrt(2.0 / jnp.maximum(info, jnp.finfo(dtype).tiny))
+    return s, se, n_steps
+
+
+def _plain(x: Any) -> float | tuple[float, ...]:
+    """A float (scalar) or a tuple of floats: hashable, comparable, immutable."""
+    arr = np.asarray(x, dtype=float)
+    return float(arr) if arr.ndim == 0 else tuple(float(v) for v in arr.ravel())
+
+
+def _calibrate_output(
+    held: HeldOutPredictions, name: str, s_old: Any
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """New ``s`` of one predicted output and its calibration record."""
+    s_old = np.asarray(s_old, dtype=float)
+    scalar = s_old.ndim == 0
+    resid = held.residuals(name)
+    mask = ~np.isnan(resid)
+    var = held.var_model[name] + held.observed_err[name] ** 2
+    s_new, se, _ = max_likelihood_scatter(
+        np.where(mask, resid, 0.0) ** 2, var, mask, s_old, scalar
+    )
+    s_new, se = np.asarray(s_new, dtype=float), np.asarray(se, dtype=float)
+    if not scalar:  # dimensions never observed in a held-out star keep their s
+        seen = mask.any(axis=0)
+        s_new = np.where(seen, s_new, s_old)
+        se = np.where(seen, se, np.inf)
+    elif not mask.any():
+        s_new, se = s_old, np.asarray(np.inf)
+    record = {
+        "s_fit": _plain(s_old),
+        "s": _plain(s_new),
+        "s2_se": _plain(se),
+        "n_stars": int(mask.any(axis=1).sum()),
+        "z_std_before": _plain(held.z_std(name, s_old)),
+        "z_std_after": _plain(held.z_std(name, s_new)),
+    }
+    return s_new, record
+
+
+def calibrate(
+    model: LuxModel,
+    data: PolluxData,
+    result: FitResult,
+    *,
+    given: Any,
+    folds: Any,
+    seed: Any,
+    progress: bool,
+) -> FitResult:
+    call = "LuxModel.calibrate"
+    data = check_data(data, call)
+    if not isinstance(result, FitResult):
+        msg = (
+            f"{call}(result=...): expected the FitResult of LuxModel.fit, got "
+            f"{type(result).__name__}"
+        )
+        raise TypeError(msg)
+    if not result.settings:
+        msg = (
+            f"{call}(result=...): the result records no fit settings (it was not "
+            "made by LuxModel.fit of this version); refit with LuxModel.fit"
+        )
+        raise ValueError(msg)
+    if result.settings.get("fixed"):
+        msg = (
+            f"{call}(result=...): the result was fit with fixed parameters "
+            f"{list(result.settings['fixed'])}; calibrate refits every fold from "
+            "scratch and cannot reproduce that. Calibrate a fit without fixed_params"
+        )
+        raise ValueError(msg)
+    given = check_given(model, given, call)
+    fitted = fitted_names(result)
+    unknown = [n for n in fitted if n not in model.outputs]
+    if unknown:
+        msg = (
+            f"{call}(result=...): the result was fit to outputs {unknown} that this "
+            f"model does not have (registered: {list(model.outputs)})"
+        )
+        raise ValueError(msg)
+    for name in given:
+        if name not in fitted:
+            msg = (
+                f"{call}(given=...): {name!r} was not fitted in the result "
+                f"(fitted outputs: {list(fitted)})"
+            )
+            raise ValueError(msg)
+    targets = tuple(n for n in fitted if n not in given)
+    if not targets:
+        msg = (
+            f"{call}(given=...): every fitted output {list(fitted)} is given; "
+            "nothing is left to predict and calibrate"
+        )
+        raise ValueError(msg)
+    for name in targets:
+        if model.outputs[name].scatter_prior is None:
+            msg = (
+                f"{call}: output {name!r} has no extra scatter 's' to calibrate; "
+                f"give its transform a scatter prior, e.g. param_priors={{'s': "
+                "dist.HalfNormal(1.0)}} (or .expand((output_size,)) for one per "
+                "dimension), and fit again"
+            )
+            raise ValueError(msg)
+    params = check_params(
+        model,
+        without_latents(result.params),
+        None,
+        call,
+        "result.params",
+        required=fitted,
+    )
+    for name in targets:
+        if SCATTER not in params[name]:
+            msg = f"{call}(result=...): params[{name!r}] has no extra scatter 's'"
+            raise ValueError(msg)
+    check_outputs_in_data(data, (*given, *targets), call)
+    folds = check_folds(folds, len(data), call)
+    seed = check_seed(seed, call)
+    if not isinstance(progress, bool):
+        msg = f"{call}(progress=...): expected True or False, got {progress!r}"
+        raise TypeError(msg)
+
+    held = held_out(
+        lambda: model,
+        data,
+        given=given,
+        targets=targets,
+        fit_kwargs=settings_keywords(result),
+        folds=folds,
+        seed=seed,
+        progress=progress,
+        desc="calibrate",
+    )
+    new_params = {
+        k: dict(v) if isinstance(v, Mapping) else v for k, v in result.params.items()
+    }
+    record = dict(result.calibration)
+    for name in targets:
+        s_old = result.params[name][SCATTER]
+        s_new, entry = _calibrate_output(held, name, s_old)
+        new_params[name][SCATTER] = jnp.asarray(s_new, dtype=jnp.asarray(s_old).dtype)
+        record[name] = {**entry, "given": given, "folds": folds, "seed": seed}
+    return dataclasses.replace(result, params=new_params, calibration=record)
