@@ -1,6 +1,6 @@
 """pollux: Lux models of stellar spectra and labels, in JAX."""
 
-from . import data, datasets, fit, models
+from . import data, datasets, fit, models, validation
 from .models import CannonModel, FitResult, LatentPosterior, LuxModel
 
 __version__ = "0.1.0"
@@ -15,4 +15,5 @@ __all__ = [
     "datasets",
     "fit",
     "models",
+    "validation",
 ]
