@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -262,6 +263,20 @@ def main() -> None:
         default=["cannon", "thecannon", "lux-linear", "lux-quadratic"],
         choices=["cannon", "thecannon", "lux-linear", "lux-quadratic"],
     )
+    parser.add_argument(
+        "--select",
+        action="store_true",
+        help="choose the Lux model by pollux.validation.select_model on the "
+        "training set (replaces --models' Lux entries by the chosen one)",
+    )
+    parser.add_argument("--select-linear", type=int, nargs="*", default=[16, 24])
+    parser.add_argument("--select-quadratic", type=int, nargs="*", default=[4, 6])
+    parser.add_argument(
+        "--select-folds",
+        type=float,
+        default=0.25,
+        help="k (>= 2) folds, or the fraction held out in one split",
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/figures"))
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -279,7 +294,32 @@ def main() -> None:
     n_pix, n_labels = train["flux"].size, train["label"].size
 
     results = {}
-    for name in args.models:
+    models = list(args.models)
+    if args.select:
+        candidates = {
+            **{
+                f"linear K={k}": partial(lux_model, k, n_pix, n_labels, False)
+                for k in args.select_linear
+            },
+            **{
+                f"quadratic K={k}": partial(lux_model, k, n_pix, n_labels, True, True)
+                for k in args.select_quadratic
+            },
+        }
+        folds = args.select_folds
+        t0 = time.perf_counter()
+        selection = plx.validation.select_model(
+            candidates, train, folds=int(folds) if folds >= 2 else folds, progress=False
+        )
+        print(f"\nselect_model on the training set ({time.perf_counter() - t0:.0f} s):")
+        print(selection.table())
+        kind, k = selection.best.split(" K=")
+        models = [m for m in models if not m.startswith("lux")] + [f"lux-{kind}"]
+        if kind == "linear":
+            args.k_linear = int(k)
+        else:
+            args.k_quadratic = int(k)
+    for name in models:
         if name == "cannon":
             out = run_cannon(train, test)
             key = "Cannon (pollux, quadratic)"

@@ -26,7 +26,6 @@ def affine_params(
     model: LuxModel,
     params: Mapping[str, Any],
     names: Iterable[str],
-    call: str,
     dtype: Any,
 ) -> tuple[tuple[Array, ...], tuple[Array, ...], tuple[Array, ...]]:
     """``(Ws, bs, s2s)`` of the outputs ``names`` from checked parameters, in
@@ -35,12 +34,6 @@ def affine_params(
     for name in names:
         t = model.outputs[name]
         p = params[name]
-        if t.scatter_prior is not None and SCATTER not in p:
-            msg = (
-                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
-                f"but params[{name!r}] has no 's'"
-            )
-            raise ValueError(msg)
         W = jnp.asarray(p["A"], dtype)  # y = W z + b; b is zero for LinearTransform
         Ws.append(W)
         bs.append(

@@ -164,6 +164,22 @@ def check_params(
     return out
 
 
+def require_scatter(
+    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], call: str
+) -> None:
+    """Refuse parameters without the ``s`` that an output's transform declares."""
+    for name in names:
+        if (
+            model.outputs[name].scatter_prior is not None
+            and SCATTER not in params[name]
+        ):
+            msg = (
+                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
+                f"but params[{name!r}] has no 's'"
+            )
+            raise ValueError(msg)
+
+
 def check_latents_shape(
     model: LuxModel, z: Any, n_stars: int | None, where: str
 ) -> None:

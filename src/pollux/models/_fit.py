@@ -32,6 +32,7 @@ from ._checks import (
     check_data,
     check_latents_shape,
     check_params,
+    require_scatter,
     resolve_names,
 )
 from ._polynomial import (
@@ -300,32 +301,15 @@ def infer_latents(
     )
     blocks = blocks_for(model, data, names, params, call)
     dtype = blocks[0].y.dtype
+    require_scatter(model, params, names, call)
     if quadratic:
-        _require_scatter(model, params, names, call)
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
         mean, cov, flags = posterior_polynomial(
             blocks, thetas, s2s, kinds, model.latent_size
         )
         return LatentPosterior(mean, cov, flags)
-    mean, cov = posterior_moments(
-        blocks, *affine_params(model, params, names, call, dtype)
-    )
+    mean, cov = posterior_moments(blocks, *affine_params(model, params, names, dtype))
     return LatentPosterior(mean, cov)
-
-
-def _require_scatter(
-    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], call: str
-) -> None:
-    for name in names:
-        if (
-            model.outputs[name].scatter_prior is not None
-            and SCATTER not in params[name]
-        ):
-            msg = (
-                f"{call}(params=...): output {name!r} declares an extra scatter 's' "
-                f"but params[{name!r}] has no 's'"
-            )
-            raise ValueError(msg)
 
 
 def _check_param_cov(
@@ -379,8 +363,8 @@ def predict(
     row_covs = _check_param_cov(model, param_cov, names, call)
     dtype = posterior.mean.dtype
     out = {}
+    require_scatter(model, params, names, call)
     if uses_quadratic(model, names):
-        _require_scatter(model, params, names, call)
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
         for name, theta, kind, s2 in zip(names, thetas, kinds, s2s, strict=True):
             C = row_covs.get(name)
@@ -395,7 +379,7 @@ def predict(
             out[name] = OutputData(mean, err=err, preprocessed=True)
         return PolluxData(**out)
     for name, W, b, s2 in zip(
-        names, *affine_params(model, params, names, call, dtype), strict=True
+        names, *affine_params(model, params, names, dtype), strict=True
     ):
         C = row_covs.get(name)
         mean, err = predictive(

@@ -94,9 +94,7 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     elif transforms_fixed:
         # Apply mode: start at the exact posterior mean given the fixed transforms.
         sub = {n_: fixed[n_] for n_ in names}
-        z, _ = posterior_moments(
-            block_list, *affine_params(model, sub, names, "LuxModel.optimize", dtype)
-        )
+        z, _ = posterior_moments(block_list, *affine_params(model, sub, names, dtype))
         values[LATENTS] = z
     else:
         z = pca_latents(block_list, k)
