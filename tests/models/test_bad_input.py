@@ -325,3 +325,24 @@ def test_predict_outputs_params_wrong_shape(model):
         ValueError, match=r"predict_outputs\(params\['flux'\]\['A'\]\): expected shape"
     ):
         model.predict_outputs(np.zeros((N, K)), {"flux": {"A": np.zeros((D, K + 1))}})
+
+
+@pytest.mark.parametrize("flux_transform", ["LinearTransform", "QuadraticTransform"])
+def test_params_without_the_declared_scatter(data, flux_transform):
+    from pollux.models import transforms
+
+    m = plx.LuxModel(latent_size=K)
+    s_prior = {"s": dist.HalfNormal(jnp.ones(D))}
+    m.register_output(
+        "flux", getattr(transforms, flux_transform)(D, param_priors=s_prior)
+    )
+    shapes = m.outputs["flux"].param_shapes(K)
+    params = {"flux": {p: np.zeros(shapes[p]) for p in m.outputs["flux"].param_names}}
+    with pytest.raises(
+        ValueError, match=r"infer_latents\(params=\.\.\.\).*'flux'.*'s'"
+    ) as e:
+        m.infer_latents(data, params, names=["flux"])
+    assert raised_by_pollux(e)
+    post = plx.LatentPosterior(np.zeros((N, K)), np.broadcast_to(np.eye(K), (N, K, K)))
+    with pytest.raises(ValueError, match=r"predict\(params=\.\.\.\).*'flux'.*'s'"):
+        m.predict(post, params, names=["flux"])
