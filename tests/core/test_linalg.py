@@ -136,7 +136,51 @@ def _compiled_texts():
             problem.specs[0], block, p, mean, cov, problem.ridges[0]
         ),
     }
+    lowered.update(_vem_lowered(block, n, k))
     return {name: low.compile().as_text() for name, low in lowered.items()}
+
+
+def _vem_lowered(block, n, k):
+    """The kernels of the quadratic (variational) path, lowered on a tiny model."""
+    import pollux as plx
+    from pollux.core import vem
+    from pollux.models._checks import blocks_for
+    from pollux.models._polynomial import (
+        posterior_polynomial,
+        predictive_polynomial,
+        vem_problem,
+    )
+    from pollux.models.transforms import QuadraticTransform
+
+    d = block.y.shape[1]
+    model = plx.LuxModel(latent_size=k)
+    prior = {"s": dist.HalfNormal(jnp.ones(d))}
+    model.register_output("flux", QuadraticTransform(d, param_priors=prior))
+    data = plx.data.PolluxData(
+        flux=plx.data.OutputData(np.asarray(block.y), err=np.sqrt(block.err2))
+    )
+    blocks = blocks_for(model, data, ["flux"], {}, "test")
+    problem, params = vem_problem(model, ("flux",), blocks, {}, "test")
+    mean, prec = jnp.zeros((n, k)), jnp.broadcast_to(jnp.eye(k), (n, k, k))
+    state = vem.VState(params, mean, prec)
+    one = jnp.asarray(1.0)
+    theta = params[0]["theta"]
+    chunk = {
+        f"vem_chunk({'SQUAREM' if acc else 'EM'})": vem.vem_chunk.lower(
+            problem, state, one, one, jnp.asarray(5), 3, 2, acc
+        )
+        for acc in (True, False)
+    }
+    return {
+        **chunk,
+        "vem_final": vem.vem_final.lower(problem, state, 2),
+        "posterior_polynomial": posterior_polynomial.lower(
+            blocks, (theta,), (one,), ("quadratic",), k, 3
+        ),
+        "predictive_polynomial": predictive_polynomial.lower(
+            mean, prec, theta, one, None, "quadratic"
+        ),
+    }
 
 
 def test_compiled_kernels_make_no_lapack_calls():
