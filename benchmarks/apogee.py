@@ -221,6 +221,8 @@ def figure(results: dict, truth: np.ndarray, snr: np.ndarray, path: Path) -> Non
             ax.scatter(snr, r, s=1, alpha=0.3, color=colors[name])
         ax.axhline(0, color="k", lw=0.8)
         ax.set(xscale="log", xlabel="SNR", ylabel=f"Δ{label} [{UNITS[j]}]")
+        ax.set_xticks([30, 60, 120, 300], ["30", "60", "120", "300"])
+        ax.minorticks_off()
         ax = axes[2, j]
         bins = np.linspace(-5, 5, 51)
         for name in names:

@@ -16,6 +16,7 @@ iterations (or SQUAREM cycles) in one compiled loop.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,14 @@ from .posterior import PosteriorStats, latent_posterior, precisions
 from .problem import EMProblem
 from .sstep import s_step
 
-__all__ = ["em_chunk", "em_iteration", "final_state", "initialize"]
+__all__ = [
+    "em_chunk",
+    "em_iteration",
+    "final_state",
+    "initialize",
+    "positive_scatter",
+    "squarem_point",
+]
 
 Params = tuple[dict[str, Array], ...]
 
@@ -109,6 +117,25 @@ def em_iteration(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     return _m_steps(problem, params, post), loss
 
 
+def squarem_point(p0: Any, p1: Any, p2: Any) -> Any:
+    """SQUAREM's extrapolated point ``p0 - 2αr + α²v`` of three successive
+    iterates (``r = p1 - p0``, ``v = p2 - 2p1 + p0``, ``α = -|r|/|v| <= -1``)."""
+    r = jax.tree.map(jnp.subtract, p1, p0)
+    v = jax.tree.map(lambda a, b, c: a - 2 * b + c, p2, p1, p0)
+    norm = lambda t: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t)))
+    r_norm, v_norm = norm(r), norm(v)
+    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
+    alpha = jnp.minimum(alpha, -1.0)
+    return jax.tree.map(lambda a, ri, vi: a - 2 * alpha * ri + alpha**2 * vi, p0, r, v)
+
+
+def positive_scatter(params: Params) -> Params:
+    """Parameters with every extra scatter ``s`` made non-negative."""
+    return tuple(
+        {**q, SCATTER: jnp.abs(q[SCATTER])} if SCATTER in q else q for q in params
+    )
+
+
 def _squarem_cycle(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     """EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
 
@@ -119,18 +146,7 @@ def _squarem_cycle(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     """
     p1, loss0 = em_iteration(problem, params)
     p2, loss1 = em_iteration(problem, p1)
-    r = jax.tree.map(jnp.subtract, p1, params)
-    v = jax.tree.map(lambda a, b_, c: a - 2 * b_ + c, p2, p1, params)
-    norm = lambda t: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t)))
-    r_norm, v_norm = norm(r), norm(v)
-    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
-    alpha = jnp.minimum(alpha, -1.0)
-    extrap = jax.tree.map(
-        lambda p0, ri, vi: p0 - 2 * alpha * ri + alpha**2 * vi, params, r, v
-    )
-    extrap = tuple(
-        {**q, SCATTER: jnp.abs(q[SCATTER])} if SCATTER in q else q for q in extrap
-    )
+    extrap = positive_scatter(squarem_point(params, p1, p2))
     post_ext, loss_ext = _objective(problem, extrap)
     ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
     from_ext = _m_steps(problem, extrap, post_ext)

@@ -31,6 +31,7 @@ from jaxtyping import Array, Float
 
 from .._params import SCATTER
 from .blocks import Block, gaussian_loglike
+from .em import positive_scatter, squarem_point
 from .features import (
     feature_index,
     moments,
@@ -189,10 +190,6 @@ def _sweep(problem: VEMProblem, state: VState, n_inner: int) -> tuple[VState, Ar
     return VState(params, mean, prec), loss
 
 
-def _tree_norm(tree) -> Array:
-    return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
-
-
 def _squarem_cycle(
     problem: VEMProblem, state: VState, n_inner: int
 ) -> tuple[VState, Array]:
@@ -205,17 +202,8 @@ def _squarem_cycle(
     """
     s1, loss0 = _sweep(problem, state, n_inner)
     s2, loss1 = _sweep(problem, s1, n_inner)
-    r = jax.tree.map(jnp.subtract, s1, state)
-    v = jax.tree.map(lambda a, b, c: a - 2 * b + c, s2, s1, state)
-    r_norm, v_norm = _tree_norm(r), _tree_norm(v)
-    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
-    alpha = jnp.minimum(alpha, -1.0)
-    ext = jax.tree.map(
-        lambda p0, ri, vi: p0 - 2 * alpha * ri + alpha**2 * vi, state, r, v
-    )
-    params = tuple(
-        {**q, SCATTER: jnp.abs(q[SCATTER])} if SCATTER in q else q for q in ext.params
-    )
+    ext = squarem_point(state, s1, s2)
+    params = positive_scatter(ext.params)
     L = cholesky(ext.prec)
     pd = jnp.all(jnp.isfinite(L), axis=(1, 2)) & jnp.all(jnp.isfinite(ext.mean), axis=1)
     mean = jnp.where(pd[:, None], ext.mean, s2.mean)
