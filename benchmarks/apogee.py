@@ -87,6 +87,11 @@ def run_lux(model, train, test, *, calibrate: bool, folds: int):
     mean, err = np.asarray(phys.data), np.asarray(phys.err)
     t_test = time.perf_counter() - t0
     info = {"n_iter": result.n_iter, "converged": result.converged}
+    for name, rec in result.calibration.items():  # s before/after, its precision
+        info[f"calibration[{name}]"] = {
+            key: np.round(rec[key], 4).tolist()
+            for key in ("s_fit", "s", "s2_se", "z_std_before", "z_std_after")
+        }
     if post.multimodal is not None:
         info["multimodal"] = int(np.sum(np.asarray(post.multimodal)))
     return mean, err, t_train, t_test, info
