@@ -29,7 +29,7 @@ from ..core.features import (
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.variational import e_step, map_modes, star_stats
 from ..core.vem import THETA, FeatureSpec, VEMProblem, named_params
-from ._setup import ridge_from_prior
+from ._setup import ridge_from_prior, scatter_setup
 from .transforms import (
     AbstractTransform,
     AffineTransform,
@@ -145,19 +145,8 @@ def vem_problem(
         free = not held
         shapes = t.param_shapes(k, n)
         expanded = t.expanded_priors(k, n)
-        s_prior = t.scatter_prior
-        has_s = s_prior is not None or SCATTER in fx
-        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
-        specs.append(
-            FeatureSpec(
-                kind=kind,
-                free=free,
-                s_kind="none"
-                if not has_s
-                else ("scalar" if s_shape == () else "vector"),
-                s_free=s_prior is not None and SCATTER not in fx,
-            )
-        )
+        s_kind, s_free, s0 = scatter_setup(t, fx, shapes, dtype)
+        specs.append(FeatureSpec(kind=kind, free=free, s_kind=s_kind, s_free=s_free))
         if free:
             rid = {
                 p: ridge_from_prior(
@@ -178,12 +167,12 @@ def vem_problem(
             ridges.append(None)
             theta = polynomial_thetas(model, {name: fx}, [name], dtype)[0][0]
         pr = {p: expanded[p] for p in t.param_names}
-        if s_prior is not None:
-            pr[SCATTER] = s_prior
+        if t.scatter_prior is not None:
+            pr[SCATTER] = t.scatter_prior
         priors.append(pr)
         p0 = {THETA: theta}
-        if has_s:
-            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        if s0 is not None:
+            p0[SCATTER] = s0
         params.append(p0)
     problem = VEMProblem(
         specs=tuple(specs),

@@ -21,7 +21,7 @@ from ..core.problem import EMProblem, OutputSpec
 if TYPE_CHECKING:
     from .lux import LuxModel
 
-__all__ = ["em_problem", "ridge_from_prior"]
+__all__ = ["em_problem", "ridge_from_prior", "scatter_setup"]
 
 
 def ridge_from_prior(
@@ -50,6 +50,21 @@ def ridge_from_prior(
     raise ValueError(msg)
 
 
+def scatter_setup(
+    transform: Any, fx: Mapping[str, Any], shapes: Mapping[str, tuple], dtype: Any
+) -> tuple[str, bool, Array | None]:
+    """``(s_kind, s_free, start)`` of an output's extra scatter: ``"none"``,
+    ``"scalar"`` or ``"vector"``; whether it is fitted; its fixed value or a start
+    of ones (None without scatter)."""
+    prior = transform.scatter_prior
+    if prior is None and SCATTER not in fx:
+        return "none", False, None
+    shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx[SCATTER])
+    start = jnp.asarray(fx.get(SCATTER, jnp.ones(shape)), dtype)
+    kind = "scalar" if tuple(shape) == () else "vector"
+    return kind, prior is not None and SCATTER not in fx, start
+
+
 def em_problem(
     model: LuxModel,
     names: tuple[str, ...],
@@ -74,18 +89,14 @@ def em_problem(
         shapes = t.param_shapes(k, n)
         expanded = t.expanded_priors(k, n)
         has_b = "b" in shapes
-        s_prior = t.scatter_prior
-        has_s = s_prior is not None or SCATTER in fx
-        s_shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx.get(SCATTER))
+        s_kind, s_free, s0 = scatter_setup(t, fx, shapes, dtype)
         specs.append(
             OutputSpec(
                 has_b=has_b,
                 A_free="A" not in fx,
                 b_free=has_b and "b" not in fx,
-                s_kind="none"
-                if not has_s
-                else ("scalar" if s_shape == () else "vector"),
-                s_free=s_prior is not None and SCATTER not in fx,
+                s_kind=s_kind,
+                s_free=s_free,
             )
         )
         ridge = {}
@@ -102,16 +113,16 @@ def em_problem(
                 )
         ridges.append(jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge))
         pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
-        if s_prior is not None:
-            pr[SCATTER] = s_prior
+        if t.scatter_prior is not None:
+            pr[SCATTER] = t.scatter_prior
         priors.append(pr)
         d = t.output_size
         p0 = {
             "A": jnp.asarray(fx.get("A", jnp.zeros((d, k))), dtype),
             "b": jnp.asarray(fx.get("b", jnp.zeros(d)), dtype),
         }
-        if has_s:
-            p0[SCATTER] = jnp.asarray(fx.get(SCATTER, jnp.ones(s_shape)), dtype)
+        if s0 is not None:
+            p0[SCATTER] = s0
         params.append(p0)
     if fixed_latents is not None:
         fixed_latents = jnp.asarray(fixed_latents, dtype)
