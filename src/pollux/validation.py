@@ -49,6 +49,7 @@ from .models._heldout import (
     check_seed,
     fit_keywords,
     held_out,
+    targets_of,
 )
 
 __all__ = [
@@ -102,20 +103,7 @@ def _plan(
                 f"registered outputs are {list(model.outputs)}"
             )
             raise ValueError(msg)
-    for name in given:
-        if name not in names:
-            msg = (
-                f"{call}(given=...): {name!r} is not among the fitted outputs "
-                f"{list(names)}"
-            )
-            raise ValueError(msg)
-    targets = tuple(n for n in names if n not in given)
-    if not targets:
-        msg = (
-            f"{call}(given=...): every fitted output {list(names)} is given; "
-            "nothing is left to predict"
-        )
-        raise ValueError(msg)
+    targets = targets_of(names, given, call)
     check_outputs_in_data(data, (*given, *targets), call)
     return given, targets, kwargs
 

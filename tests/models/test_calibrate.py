@@ -246,6 +246,8 @@ def test_refits_see_only_the_other_folds(monkeypatch):
 # ----------------------------------------------------------------------------------
 @pytest.fixture
 def no_fit(monkeypatch):
+    _fitted()  # the shared fit, made before fit is replaced (any test order)
+
     @functools.wraps(plx.LuxModel.fit)  # keeps the signature the checks read
     def refuse(*args, **kwargs):
         raise AssertionError("fit must not be called for a bad argument")

@@ -35,6 +35,7 @@ __all__ = [
     "final_state",
     "initialize",
     "positive_scatter",
+    "run_until_settled",
     "squarem_point",
 ]
 
@@ -155,6 +156,37 @@ def _squarem_cycle(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     return new, loss0
 
 
+def run_until_settled(
+    step: Any,
+    state: Any,
+    prev_loss: Array,
+    threshold: Array,
+    max_steps: Array,
+    n_steps: int,
+) -> tuple[Any, Float[Array, " n_steps"], Array, Array]:
+    """``state, loss = step(state)`` in a ``while_loop`` until a step changes the
+    objective by at most ``threshold`` or ``min(max_steps, n_steps)`` steps ran.
+
+    Returns the state, the objective of each step (NaN past the last), the number
+    of steps and whether the objective settled.
+    """
+    losses0 = jnp.full((n_steps,), jnp.nan, dtype=prev_loss.dtype)
+
+    def cond(carry):
+        i, _, _, _, done = carry
+        return (i < jnp.minimum(max_steps, n_steps)) & ~done
+
+    def body(carry):
+        i, st, losses, last, _ = carry
+        new, loss = step(st)
+        done = jnp.abs(last - loss) <= threshold
+        return i + 1, new, losses.at[i].set(loss), loss, done
+
+    init = (0, state, losses0, prev_loss, jnp.asarray(False))
+    n, state, losses, _, done = jax.lax.while_loop(cond, body, init)
+    return state, losses, n, done
+
+
 @partial(jax.jit, static_argnames=("n_steps", "accelerate"))
 def em_chunk(
     problem: EMProblem,
@@ -173,21 +205,9 @@ def em_chunk(
     the last), the number of iterations run and whether it converged.
     """
     iteration = _squarem_cycle if accelerate else em_iteration
-    losses0 = jnp.full((n_steps,), jnp.nan, dtype=prev_loss.dtype)
-
-    def cond(state):
-        i, _, _, _last, done = state
-        return (i < jnp.minimum(max_steps, n_steps)) & ~done
-
-    def body(state):
-        i, p, losses, last, _ = state
-        new, loss = iteration(problem, p)
-        done = jnp.abs(last - loss) <= threshold
-        return i + 1, new, losses.at[i].set(loss), loss, done
-
-    init = (0, params, losses0, prev_loss, jnp.asarray(False))
-    n, params, losses, _, done = jax.lax.while_loop(cond, body, init)
-    return params, losses, n, done
+    return run_until_settled(
+        partial(iteration, problem), params, prev_loss, threshold, max_steps, n_steps
+    )
 
 
 @jax.jit

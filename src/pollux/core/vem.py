@@ -31,7 +31,7 @@ from jaxtyping import Array, Float
 
 from .._params import SCATTER
 from .blocks import Block, gaussian_loglike
-from .em import positive_scatter, squarem_point
+from .em import positive_scatter, run_until_settled, squarem_point
 from .features import (
     feature_index,
     moments,
@@ -230,21 +230,14 @@ def vem_chunk(
     returns as `em_chunk` (state, objective of each, number run, converged)."""
     accelerate = accelerate and problem.fixed_latents is None
     iteration = _squarem_cycle if accelerate else _sweep
-    losses0 = jnp.full((n_steps,), jnp.nan, dtype=prev_loss.dtype)
-
-    def cond(carry):
-        i, _, _, _, done = carry
-        return (i < jnp.minimum(max_steps, n_steps)) & ~done
-
-    def body(carry):
-        i, st, losses, last, _ = carry
-        new, loss = iteration(problem, st, n_inner)
-        done = jnp.abs(last - loss) <= threshold
-        return i + 1, new, losses.at[i].set(loss), loss, done
-
-    init = (0, state, losses0, prev_loss, jnp.asarray(False))
-    n, state, losses, _, done = jax.lax.while_loop(cond, body, init)
-    return state, losses, n, done
+    return run_until_settled(
+        lambda st: iteration(problem, st, n_inner),
+        state,
+        prev_loss,
+        threshold,
+        max_steps,
+        n_steps,
+    )
 
 
 @partial(jax.jit, static_argnames=("n_inner",))

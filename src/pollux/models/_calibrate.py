@@ -46,6 +46,7 @@ from ._heldout import (
     fitted_names,
     held_out,
     settings_keywords,
+    targets_of,
 )
 from ._results import FitResult
 
@@ -189,20 +190,7 @@ def calibrate(
             f"model does not have (registered: {list(model.outputs)})"
         )
         raise ValueError(msg)
-    for name in given:
-        if name not in fitted:
-            msg = (
-                f"{call}(given=...): {name!r} was not fitted in the result "
-                f"(fitted outputs: {list(fitted)})"
-            )
-            raise ValueError(msg)
-    targets = tuple(n for n in fitted if n not in given)
-    if not targets:
-        msg = (
-            f"{call}(given=...): every fitted output {list(fitted)} is given; "
-            "nothing is left to predict and calibrate"
-        )
-        raise ValueError(msg)
+    targets = targets_of(fitted, given, call)
     for name in targets:
         if model.outputs[name].scatter_prior is None:
             msg = (

@@ -71,6 +71,28 @@ def check_given(model: LuxModel, given: Any, call: str) -> tuple[str, ...]:
     return given
 
 
+def targets_of(
+    fitted: tuple[str, ...], given: tuple[str, ...], call: str
+) -> tuple[str, ...]:
+    """The fitted outputs not ``given`` (what is predicted), after checking that
+    every given output is fitted and that something is left to predict."""
+    for name in given:
+        if name not in fitted:
+            msg = (
+                f"{call}(given=...): {name!r} is not among the fitted outputs "
+                f"{list(fitted)}"
+            )
+            raise ValueError(msg)
+    targets = tuple(n for n in fitted if n not in given)
+    if not targets:
+        msg = (
+            f"{call}(given=...): every fitted output {list(fitted)} is given; "
+            "nothing is left to predict"
+        )
+        raise ValueError(msg)
+    return targets
+
+
 def check_folds(
     folds: Any, n_stars: int, call: str, *, allow_fraction: bool = False
 ) -> int | float:
