@@ -50,11 +50,21 @@ def check_positive_int(value: Any, where: str) -> int:
     ...
     ValueError: f(n=...): expected a positive int, got 0
     """
+    return _check_int(value, where, 1, "positive")
+
+
+def check_nonnegative_int(value: Any, where: str) -> int:
+    """``value`` if it is an int ≥ 0 (e.g. a seed), else a `TypeError` or
+    `ValueError` whose message starts with ``where``."""
+    return _check_int(value, where, 0, "non-negative")
+
+
+def _check_int(value: Any, where: str, minimum: int, word: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        msg = f"{where}: expected a positive int, got {value!r}"
+        msg = f"{where}: expected a {word} int, got {value!r}"
         raise TypeError(msg)
-    if value < 1:
-        msg = f"{where}: expected a positive int, got {value}"
+    if value < minimum:
+        msg = f"{where}: expected a {word} int, got {value}"
         raise ValueError(msg)
     return int(value)
 

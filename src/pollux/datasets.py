@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._params import check_positive_int
+from ._params import check_nonnegative_int, check_positive_int
 
 __all__ = [
     "apogee_like",
@@ -269,16 +268,6 @@ def _emulate(emulator: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     return flux
 
 
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        msg = f"apogee_like(seed=...): expected a non-negative int, got {seed!r}"
-        raise TypeError(msg)
-    if seed < 0:
-        msg = f"apogee_like(seed=...): expected a non-negative int, got {seed}"
-        raise ValueError(msg)
-    return int(seed)
-
-
 def apogee_like(
     n_stars: int,
     *,
@@ -347,7 +336,7 @@ def apogee_like(
     True
     """
     n_stars = check_positive_int(n_stars, "apogee_like(n_stars=...)")
-    seed = _check_seed(seed)
+    seed = check_nonnegative_int(seed, "apogee_like(seed=...)")
     data = _load_apogee(data_dir)
     table = np.asarray(data["labels"], dtype=np.float64)
     names = tuple(str(name) for name in data.get("label_names", ()))

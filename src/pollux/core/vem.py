@@ -109,12 +109,23 @@ def _neg_log_prior(problem: VEMProblem, params: Params) -> Array:
     return total
 
 
-def _m_step(problem, params, mean, cov) -> Params:
-    """Ridge solves for the free feature weights, then the s-steps."""
+def _feature_moments(mean: Array, cov: Array | None) -> tuple[Array, Any, Array]:
+    """``E[φ]``, ``cov(φ)`` (None at a point) and ``E[φφᵀ]``."""
     Ephi, cov_phi = moments(mean, cov)
     second = Ephi[:, :, None] * Ephi[:, None, :]
-    if cov_phi is not None:
-        second = second + cov_phi
+    return Ephi, cov_phi, second if cov_phi is None else second + cov_phi
+
+
+def _normal_matrix(second: Array, lam: Array, idx: np.ndarray, prec: Array) -> Array:
+    """``Σ_n λ_nd E[φφᵀ]_n + diag(prec_d)`` on the features ``idx`` of an output
+    (one product over the packed feature pairs): the M-step's left-hand sides."""
+    S = sym_pack(second[:, idx[:, None], idx[None, :]])
+    return sym_unpack(lam.T @ S, len(idx)) + jax.vmap(jnp.diag)(prec)
+
+
+def _m_step(problem, params, mean, cov) -> Params:
+    """Ridge solves for the free feature weights, then the s-steps."""
+    Ephi, cov_phi, second = _feature_moments(mean, cov)
     new = []
     for spec, block, prior, ridge, idx, p in zip(
         problem.specs,
@@ -127,11 +138,10 @@ def _m_step(problem, params, mean, cov) -> Params:
     ):
         q = dict(p)
         lam = precisions(block, _s2(spec, p))
-        E, mo = Ephi[:, idx], len(idx)
+        E = Ephi[:, idx]
         if spec.free:
             loc, prec = ridge
-            S = sym_pack(second[:, idx[:, None], idx[None, :]])
-            G = sym_unpack(lam.T @ S, mo) + jax.vmap(jnp.diag)(prec)
+            G = _normal_matrix(second, lam, idx, prec)
             c = (lam * block.y).T @ E + prec * loc
             q[THETA] = ridge_solve(G, c)
         if spec.has_s and spec.s_free:
@@ -255,10 +265,7 @@ def vem_final(
     else:
         mean, prec, cov = problem.fixed_latents, state.prec, None
         loss = _fixed_nll(problem, state.params) + _neg_log_prior(problem, state.params)
-    Ephi, cov_phi = moments(mean, cov)
-    second = Ephi[:, :, None] * Ephi[:, None, :]
-    if cov_phi is not None:
-        second = second + cov_phi
+    _, _, second = _feature_moments(mean, cov)
     row_covs = []
     for spec, block, ridge, idx, p in zip(
         problem.specs,
@@ -273,8 +280,6 @@ def vem_final(
         if not spec.free:
             row_covs.append(jnp.zeros((d, mo, mo), mean.dtype))
             continue
-        lam = precisions(block, _s2(spec, p))
-        S = sym_pack(second[:, idx[:, None], idx[None, :]])
-        G = sym_unpack(lam.T @ S, mo) + jax.vmap(jnp.diag)(ridge[1])
+        G = _normal_matrix(second, precisions(block, _s2(spec, p)), idx, ridge[1])
         row_covs.append(inverse_from_cholesky(_ridge_cholesky(G)))
     return VState(state.params, mean, prec), loss, tuple(row_covs)

@@ -37,6 +37,7 @@ def resolve_names(
     names: str | Iterable[str] | None,
     call: str,
     available: Iterable[str] | None = None,
+    arg: str = "names",
 ) -> tuple[str, ...]:
     """The outputs to use: ``names`` checked, or all registered ones available."""
     check_registered(model, call)
@@ -54,27 +55,27 @@ def resolve_names(
         names = (names,)
     if not isinstance(names, Iterable) or not all(isinstance(n, str) for n in names):
         msg = (
-            f"{call}(names=...): expected an output name or a list of names, "
+            f"{call}({arg}=...): expected an output name or a list of names, "
             f"got {names!r}"
         )
         raise TypeError(msg)
     chosen = tuple(names)
     if len(set(chosen)) != len(chosen):
-        msg = f"{call}(names=...): names must not repeat, got {list(chosen)}"
+        msg = f"{call}({arg}=...): names must not repeat, got {list(chosen)}"
         raise ValueError(msg)
     if not chosen:
-        msg = f"{call}(names=...): give at least one output name"
+        msg = f"{call}({arg}=...): give at least one output name"
         raise ValueError(msg)
     for name in chosen:
         if name not in model.outputs:
             msg = (
-                f"{call}(names=...): {name!r} is not a registered output; "
+                f"{call}({arg}=...): {name!r} is not a registered output; "
                 f"registered outputs are {list(model.outputs)}"
             )
             raise ValueError(msg)
         if available is not None and name not in available:
             msg = (
-                f"{call}(names=...): the data has no output {name!r} "
+                f"{call}({arg}=...): the data has no output {name!r} "
                 f"(data has {list(available)})"
             )
             raise ValueError(msg)

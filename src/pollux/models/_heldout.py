@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from .._params import LATENTS, SCATTER
+from .._params import LATENTS, SCATTER, check_nonnegative_int
 from ..data import PolluxData
+from ._checks import resolve_names
 
 if TYPE_CHECKING:
     from ._results import FitResult
@@ -46,29 +47,10 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 def check_given(model: LuxModel, given: Any, call: str) -> tuple[str, ...]:
     """``given`` as a tuple of registered output names (non-empty, no repeats)."""
-    if isinstance(given, str):
-        given = (given,)
-    if not isinstance(given, Iterable) or not all(isinstance(g, str) for g in given):
-        msg = (
-            f"{call}(given=...): expected an output name or a list of names, "
-            f"got {given!r}"
-        )
+    if given is None:  # unlike names=None, "all outputs" is no choice here
+        msg = f"{call}(given=...): expected an output name or a list of names"
         raise TypeError(msg)
-    given = tuple(given)
-    if not given:
-        msg = f"{call}(given=...): give at least one output name, e.g. ('flux',)"
-        raise ValueError(msg)
-    if len(set(given)) != len(given):
-        msg = f"{call}(given=...): names must not repeat, got {list(given)}"
-        raise ValueError(msg)
-    for name in given:
-        if name not in model.outputs:
-            msg = (
-                f"{call}(given=...): {name!r} is not a registered output; "
-                f"registered outputs are {list(model.outputs)}"
-            )
-            raise ValueError(msg)
-    return given
+    return resolve_names(model, given, call, arg="given")
 
 
 def targets_of(
@@ -128,13 +110,7 @@ def check_folds(
 
 
 def check_seed(seed: Any, call: str) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        msg = f"{call}(seed=...): expected a non-negative int, got {seed!r}"
-        raise TypeError(msg)
-    if seed < 0:
-        msg = f"{call}(seed=...): expected a non-negative int, got {seed}"
-        raise ValueError(msg)
-    return int(seed)
+    return check_nonnegative_int(seed, f"{call}(seed=...)")
 
 
 def check_outputs_in_data(data: PolluxData, names: Iterable[str], call: str) -> None:
