@@ -59,9 +59,11 @@ _CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
 _INNER = 5  # natural-gradient updates of the latent posteriors per variational sweep
 
 
-def _run(chunk, state, *, max_iter, tol, n_obs, dtype, progress, call):
+def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
     """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
     ``max_iter`` iterations; returns ``(state, losses, n_iter, converged)``."""
+    dtype = blocks[0].y.dtype
+    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
     threshold = jnp.asarray(tol * n_obs, dtype)
     prev = jnp.asarray(jnp.inf, dtype)
     losses: list[np.ndarray] = []
@@ -133,7 +135,6 @@ def fit_em(
         z0 = z_fixed if z_fixed is not None else pca_latents(blocks, k)
         params = em.initialize(problem, params, z0)
 
-    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
     params, losses, n_iter, converged = _run(
         lambda p, prev, threshold, left: em.em_chunk(
             problem, p, prev, threshold, left, _CHUNK, accelerate
@@ -141,8 +142,7 @@ def fit_em(
         params,
         max_iter=max_iter,
         tol=tol,
-        n_obs=n_obs,
-        dtype=dtype,
+        blocks=blocks,
         progress=progress,
         call=call,
     )
@@ -249,7 +249,6 @@ def _fit_vem(
         params = tuple(started)
         prec = inverse_from_cholesky(cholesky(start.posterior.cov))
         state = vem.VState(params, start.posterior.mean, prec)
-    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
     state, losses, n_iter, converged = _run(
         lambda st, prev, threshold, left: vem.vem_chunk(
             problem, st, prev, threshold, left, _CHUNK, _INNER, settings["accelerate"]
@@ -257,8 +256,7 @@ def _fit_vem(
         state,
         max_iter=settings["max_iter"],
         tol=settings["tol"],
-        n_obs=n_obs,
-        dtype=dtype,
+        blocks=blocks,
         progress=progress,
         call=call,
     )
