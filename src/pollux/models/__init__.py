@@ -4,5 +4,16 @@ from . import transforms
 from ._results import FitResult, LatentPosterior
 from .cannon import CannonModel
 from .lux import LuxModel
+from .trained import Labels, TrainedModel, load, model_file_info
 
-__all__ = ["CannonModel", "FitResult", "LatentPosterior", "LuxModel", "transforms"]
+__all__ = [
+    "CannonModel",
+    "FitResult",
+    "Labels",
+    "LatentPosterior",
+    "LuxModel",
+    "TrainedModel",
+    "load",
+    "model_file_info",
+    "transforms",
+]

@@ -136,6 +136,29 @@ class CannonModel:
             progress=progress,
         )
 
+    def save(
+        self,
+        path: Any,
+        result: FitResult,
+        *,
+        data: PolluxData | None = None,
+        columns: Any = None,
+        wavelength: Any = None,
+        overwrite: bool = False,
+    ) -> Any:
+        """Write the trained Cannon to a model file (as `LuxModel.save`)."""
+        from .trained import save_model
+
+        return save_model(
+            self,
+            path,
+            result,
+            data=data,
+            columns=columns,
+            wavelength=wavelength,
+            overwrite=overwrite,
+        )
+
     def predict(self, data: PolluxData, result: FitResult) -> PolluxData:
         """Test step: labels of each star from its flux alone, with uncertainties.
 

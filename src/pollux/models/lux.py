@@ -264,6 +264,30 @@ class LuxModel:
         """
         return predict(self, posterior, params, names, param_cov)
 
+    def save(
+        self,
+        path: Any,
+        result: FitResult,
+        *,
+        data: PolluxData | None = None,
+        columns: Mapping[str, Any] | None = None,
+        wavelength: Any = None,
+        overwrite: bool = False,
+    ) -> Any:
+        """Write this model and its fit ``result`` to a model file; `pollux.load`
+        reads it back. See `pollux.models.trained.save_model` for the arguments."""
+        from .trained import save_model
+
+        return save_model(
+            self,
+            path,
+            result,
+            data=data,
+            columns=columns,
+            wavelength=wavelength,
+            overwrite=overwrite,
+        )
+
     def calibrate(
         self,
         data: PolluxData,

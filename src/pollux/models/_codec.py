@@ -1,0 +1,286 @@
+"""Model definitions and results as JSON plus named arrays (the model-file payload).
+
+Everything a model file holds is encoded into a JSON-able tree whose arrays are
+replaced by ``{"$array": key}`` references into a dict of numpy arrays. Decoding
+builds objects only from the whitelists below (transforms, priors,
+preprocessors): a model file is data, and loading it never runs code from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import numpyro.distributions as dist
+
+from ..data import AbstractPreprocessor, NullPreprocessor, ShiftScalePreprocessor
+from .transforms import (
+    AbstractTransform,
+    AffineTransform,
+    LinearTransform,
+    OffsetTransform,
+    QuadraticTransform,
+    TransformSequence,
+)
+
+__all__ = ["FileFormatError", "decode", "encode"]
+
+_TRANSFORMS = {
+    t.__name__: t
+    for t in (LinearTransform, AffineTransform, QuadraticTransform, OffsetTransform)
+}
+_PRIORS = {
+    d.__name__: d
+    for d in (
+        dist.Normal,
+        dist.HalfNormal,
+        dist.Cauchy,
+        dist.HalfCauchy,
+        dist.Laplace,
+        dist.LogNormal,
+        dist.StudentT,
+        dist.Uniform,
+        dist.Exponential,
+        dist.Gamma,
+        dist.InverseGamma,
+        dist.Beta,
+    )
+}
+_SUPPORTS = {
+    "real": dist.constraints.real,
+    "positive": dist.constraints.positive,
+    "nonnegative": dist.constraints.nonnegative,
+}
+
+
+class FileFormatError(ValueError):
+    """A model file whose content is not what this version of pollux wrote."""
+
+
+class _Encoder:
+    """Collects arrays while turning an object tree into JSON-able values."""
+
+    def __init__(self, call: str):
+        self.call = call
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def array(self, value: Any, key: str) -> dict[str, str]:
+        arr = np.asarray(value)
+        if arr.dtype == object:
+            msg = f"{self.call}: {key} is not a numeric array; it cannot be stored"
+            raise TypeError(msg)
+        self.arrays[key] = arr
+        return {"$array": key}
+
+    def __call__(self, obj: Any, key: str) -> Any:
+        if obj is None or isinstance(obj, (bool, int, float, str)):
+            return obj
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, (np.ndarray, jax.Array)):
+            return self.array(obj, key)
+        if isinstance(obj, tuple):
+            return {"$tuple": [self(v, f"{key}/{i}") for i, v in enumerate(obj)]}
+        if isinstance(obj, list):
+            return [self(v, f"{key}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, Mapping):
+            out = {}
+            for k, v in obj.items():
+                if not isinstance(k, str) or k.startswith("$") or "/" in k:
+                    msg = f"{self.call}: cannot store the key {k!r} of {key}"
+                    raise TypeError(msg)
+                out[k] = self(v, f"{key}/{k}")
+            return out
+        if isinstance(obj, dist.Distribution):
+            return {"$prior": self.prior(obj, key)}
+        if isinstance(obj, AbstractTransform):
+            return {"$transform": self.transform(obj, key)}
+        if isinstance(obj, AbstractPreprocessor):
+            return {"$preprocessor": self.preprocessor(obj, key)}
+        msg = (
+            f"{self.call}: cannot store {key} of type {type(obj).__name__} in a "
+            "model file"
+        )
+        raise TypeError(msg)
+
+    def prior(self, d: dist.Distribution, key: str) -> dict[str, Any]:
+        if isinstance(d, dist.ExpandedDistribution):
+            return {
+                "type": "Expanded",
+                "base": self.prior(d.base_dist, f"{key}/base"),
+                "batch_shape": list(d.batch_shape),
+            }
+        if isinstance(d, dist.Independent):
+            return {
+                "type": "Independent",
+                "base": self.prior(d.base_dist, f"{key}/base"),
+                "ndims": int(d.reinterpreted_batch_ndims),
+            }
+        if isinstance(d, dist.ImproperUniform):
+            names = [n for n, c in _SUPPORTS.items() if d.support is c]
+            if names:
+                return {
+                    "type": "ImproperUniform",
+                    "support": names[0],
+                    "batch_shape": list(d.batch_shape),
+                    "event_shape": list(d.event_shape),
+                }
+        name = type(d).__name__
+        if _PRIORS.get(name) is not type(d):
+            msg = (
+                f"{self.call}: the prior {name} of {key} cannot be stored in a model "
+                f"file; supported priors: {sorted(_PRIORS)}, ImproperUniform on "
+                f"{sorted(_SUPPORTS)}, and their .expand / .to_event"
+            )
+            raise TypeError(msg)
+        args = {
+            arg: self.array(getattr(d, arg), f"{key}/{arg}")
+            for arg in type(d).arg_constraints
+        }
+        return {"type": name, "args": args}
+
+    def transform(self, t: AbstractTransform, key: str) -> dict[str, Any]:
+        priors = {
+            k: {"$prior": self.prior(p, f"{key}/priors/{k}")}
+            for k, p in t.param_priors.items()
+        }
+        if isinstance(t, TransformSequence):
+            members = [
+                self.transform(m, f"{key}/{i}") for i, m in enumerate(t.transforms)
+            ]
+            scatter = {k: v for k, v in priors.items() if k == "s"}
+            return {"type": "TransformSequence", "members": members, "priors": scatter}
+        name = type(t).__name__
+        if _TRANSFORMS.get(name) is not type(t):
+            msg = (
+                f"{self.call}: the transform {name} of {key} cannot be stored in a "
+                "model file (a model file holds no code, and this transform's "
+                f"function is code); storable transforms: {sorted(_TRANSFORMS)} "
+                "and TransformSequence of them"
+            )
+            raise TypeError(msg)
+        return {"type": name, "output_size": t.output_size, "priors": priors}
+
+    def preprocessor(self, p: AbstractPreprocessor, key: str) -> dict[str, Any]:
+        if type(p) is NullPreprocessor:
+            return {"type": "NullPreprocessor"}
+        if type(p) is ShiftScalePreprocessor:
+            return {
+                "type": "ShiftScalePreprocessor",
+                "loc": self.array(p.loc, f"{key}/loc"),
+                "scale": self.array(p.scale, f"{key}/scale"),
+            }
+        msg = (
+            f"{self.call}: the preprocessor {type(p).__name__} of {key} cannot be "
+            "stored; use ShiftScalePreprocessor or NullPreprocessor"
+        )
+        raise TypeError(msg)
+
+
+def encode(obj: Any, call: str) -> tuple[Any, dict[str, np.ndarray]]:
+    """``(tree, arrays)``: a JSON-able tree and the arrays it references by key."""
+    enc = _Encoder(call)
+    return enc(obj, ""), enc.arrays
+
+
+def decode(tree: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild what `encode` stored; raises `FileFormatError` on anything unknown."""
+    return _Decoder(arrays)(tree)
+
+
+class _Decoder:
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        self.arrays = arrays
+
+    def __call__(self, node: Any) -> Any:
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if isinstance(node, list):
+            return [self(v) for v in node]
+        if not isinstance(node, dict):
+            raise FileFormatError(f"unexpected value {node!r}")
+        if len(node) == 1:
+            ((tag, value),) = node.items()
+            if tag == "$array":
+                return self.array(value)
+            if tag == "$tuple":
+                return tuple(self(v) for v in _expect(value, list, tag))
+            if tag == "$prior":
+                return self.prior(value)
+            if tag == "$transform":
+                return self.transform(value)
+            if tag == "$preprocessor":
+                return self.preprocessor(value)
+        bad = [k for k in node if k.startswith("$")]
+        if bad:
+            raise FileFormatError(f"unknown entry {bad[0]!r}")
+        return {k: self(v) for k, v in node.items()}
+
+    def array(self, key: Any) -> np.ndarray:
+        if not isinstance(key, str) or key not in self.arrays:
+            raise FileFormatError(f"the array {key!r} is referenced but missing")
+        return self.arrays[key]
+
+    def prior(self, spec: Any) -> dist.Distribution:
+        spec = _expect(spec, dict, "prior")
+        kind = spec.get("type")
+        try:
+            if kind == "Expanded":
+                return self.prior(spec["base"]).expand(tuple(spec["batch_shape"]))
+            if kind == "Independent":
+                return self.prior(spec["base"]).to_event(int(spec["ndims"]))
+            if kind == "ImproperUniform":
+                return dist.ImproperUniform(
+                    _SUPPORTS[spec["support"]],
+                    tuple(spec["batch_shape"]),
+                    tuple(spec["event_shape"]),
+                )
+            cls = _PRIORS[kind]
+            args = _expect(spec["args"], dict, "prior arguments")
+            if set(args) != set(cls.arg_constraints):
+                raise FileFormatError(f"prior {kind} with arguments {sorted(args)}")
+            return cls(**{k: self(v) for k, v in args.items()})
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, FileFormatError):
+                raise
+            raise FileFormatError(f"invalid prior {spec!r}: {err}") from err
+
+    def transform(self, spec: Any) -> AbstractTransform:
+        spec = _expect(spec, dict, "transform")
+        kind = spec.get("type")
+        priors = {
+            k: self(v) for k, v in _expect(spec.get("priors"), dict, kind).items()
+        }
+        try:
+            if kind == "TransformSequence":
+                members = [
+                    self.transform(m) for m in _expect(spec["members"], list, kind)
+                ]
+                return TransformSequence(*members, param_priors=priors)
+            if kind not in _TRANSFORMS:
+                raise FileFormatError(f"unknown transform {kind!r}")
+            return _TRANSFORMS[kind](spec["output_size"], param_priors=priors)
+        except (KeyError, TypeError, ValueError) as err:
+            if isinstance(err, FileFormatError):
+                raise
+            raise FileFormatError(f"invalid transform {kind!r}: {err}") from err
+
+    def preprocessor(self, spec: Any) -> AbstractPreprocessor:
+        spec = _expect(spec, dict, "preprocessor")
+        kind = spec.get("type")
+        if kind == "NullPreprocessor":
+            return NullPreprocessor()
+        if kind == "ShiftScalePreprocessor":
+            try:
+                return ShiftScalePreprocessor(self(spec["loc"]), self(spec["scale"]))
+            except (KeyError, ValueError) as err:
+                raise FileFormatError(f"invalid preprocessor: {err}") from err
+        raise FileFormatError(f"unknown preprocessor {kind!r}")
+
+
+def _expect(value: Any, kind: type, what: Any) -> Any:
+    if not isinstance(value, kind):
+        raise FileFormatError(f"{what}: expected a {kind.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,544 @@
+"""Trained models kept in files: `save_model`, `load` and `TrainedModel`.
+
+A trained model file holds the model definition (outputs, transforms, priors,
+latent size), the `FitResult` (fitted parameters, their covariances, the
+calibration), the preprocessors between physical and model units, and optional
+column names, wavelength grids and training ranges. `load` gives back a
+`TrainedModel` that labels raw spectra in physical units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._params import SCATTER
+from ..data import AbstractPreprocessor, OutputData, PolluxData
+from ._checks import check_params
+from ._modelfile import (
+    FORMAT,
+    preprocessors_of,
+    read_model_file,
+    result_from_payload,
+    write_model_file,
+)
+from ._results import FitResult, LatentPosterior
+from .cannon import CannonModel
+from .lux import LuxModel
+
+__all__ = ["FLAGS", "Labels", "TrainedModel", "load", "model_file_info", "save_model"]
+
+#: Bits of `Labels.flags`, with the reason written into `Labels.reasons`.
+FLAGS = {
+    "no_data": 1,  # no usable value in the given outputs: predictions are NaN
+    "multimodal": 2,  # the latent posterior has a rival mode
+    "out_of_range": 4,  # a prediction outside the training data's range
+    "high_chi2": 8,  # reduced chi-squared of the given outputs above the limit
+}
+
+
+def save_model(
+    model: LuxModel | CannonModel,
+    path: Any,
+    result: FitResult,
+    *,
+    data: PolluxData | None = None,
+    columns: Mapping[str, Sequence[str]] | None = None,
+    wavelength: Mapping[str, Any] | Any = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` and its fit ``result`` to one model file.
+
+    Parameters
+    ----------
+    model
+        A `LuxModel` (or `CannonModel`) with storable transforms (all but
+        `FunctionTransform`, whose function is code) and priors.
+    path
+        File to write (by convention ``*.pollux``); written under a temporary name
+        and renamed, so an interrupted write never leaves a partial file.
+    result
+        The `FitResult` of ``model.fit`` (or of ``model.calibrate``).
+    data
+        The `PolluxData` whose preprocessors were used (physical units): its
+        preprocessors and the range of each output are stored, not its arrays.
+        Without it, the loaded model works in model units only.
+    columns
+        Names of each output's dimensions, e.g. ``{"label": ["TEFF", "LOGG"]}``.
+    wavelength
+        Wavelength grid of spectral outputs, ``{"flux": (D,) array}`` (or one array
+        for the output named ``"flux"``); new spectra are resampled onto it.
+    overwrite
+        Replace an existing file (otherwise refused).
+
+    Returns
+    -------
+    Path
+        The path written.
+    """
+    call = f"{type(model).__name__}.save"
+    lux = _lux_of(model, call)
+    if not isinstance(result, FitResult):
+        msg = f"{call}(result=...): expected a FitResult, got {type(result).__name__}"
+        raise TypeError(msg)
+    fitted = [k for k in result.params if k in lux.outputs]
+    check_params(lux, result.params, None, call, "result.params", required=fitted)
+    if isinstance(model, CannonModel):
+        definition = {
+            "kind": "CannonModel",
+            "n_labels": model.n_labels,
+            "flux_size": lux.outputs[model.flux].output_size,
+            "flux": model.flux,
+            "label": model.label,
+        }
+    else:
+        definition = {
+            "kind": "LuxModel",
+            "latent_size": lux.latent_size,
+            "outputs": lux.outputs,
+        }
+    extras: dict[str, Any] = {
+        "columns": _check_columns(columns, lux, call),
+        "wavelength": _check_wavelength(wavelength, lux, call),
+    }
+    if data is not None:
+        extras["preprocessors"] = preprocessors_of(data, lux.outputs, call)
+        extras["ranges"] = _ranges(data, lux.outputs)
+    return write_model_file(
+        path, definition, result, extras, overwrite=overwrite, call=call
+    )
+
+
+def _lux_of(model: Any, call: str) -> LuxModel:
+    if isinstance(model, CannonModel):
+        return model.model
+    if isinstance(model, LuxModel):
+        return model
+    msg = f"{call}: expected a LuxModel or CannonModel, got {type(model).__name__}"
+    raise TypeError(msg)
+
+
+def _check_columns(columns: Any, lux: LuxModel, call: str) -> dict[str, tuple]:
+    if columns is None:
+        return {}
+    if not isinstance(columns, Mapping):
+        msg = f"{call}(columns=...): expected a dict like {{'label': ['TEFF', ...]}}"
+        raise TypeError(msg)
+    out = {}
+    for name, cols in columns.items():
+        if name not in lux.outputs:
+            msg = f"{call}(columns=...): {name!r} is not an output of the model"
+            raise ValueError(msg)
+        cols = tuple(cols) if not isinstance(cols, str) else (cols,)
+        size = lux.outputs[name].output_size
+        if len(cols) != size or not all(isinstance(c, str) and c for c in cols):
+            msg = (
+                f"{call}(columns=...): {name!r} needs {size} non-empty names, got "
+                f"{list(cols)}"
+            )
+            raise ValueError(msg)
+        out[name] = cols
+    return out
+
+
+def _check_wavelength(wavelength: Any, lux: LuxModel, call: str) -> dict[str, Any]:
+    if wavelength is None:
+        return {}
+    if not isinstance(wavelength, Mapping):
+        wavelength = {"flux": wavelength}
+    out = {}
+    for name, wave in wavelength.items():
+        if name not in lux.outputs:
+            msg = f"{call}(wavelength=...): {name!r} is not an output of the model"
+            raise ValueError(msg)
+        arr = np.asarray(wave, dtype=float)
+        size = lux.outputs[name].output_size
+        if arr.shape != (size,) or not np.all(np.isfinite(arr)):
+            msg = (
+                f"{call}(wavelength=...): {name!r} needs {size} finite wavelengths, "
+                f"got shape {arr.shape}"
+            )
+            raise ValueError(msg)
+        if np.any(np.diff(arr) <= 0):
+            msg = f"{call}(wavelength=...): {name!r} wavelengths must increase"
+            raise ValueError(msg)
+        out[name] = arr
+    return out
+
+
+def _ranges(data: PolluxData, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for name, output in data.items():
+        if name not in outputs:
+            continue
+        values = np.asarray(output.data)
+        if output.preprocessed:
+            values = np.asarray(output.preprocessor.inverse_transform(values))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+            out[name] = {"min": np.nanmin(values, 0), "max": np.nanmax(values, 0)}
+    return out
+
+
+def model_file_info(path: Any) -> dict[str, Any]:
+    """The manifest of a model file without its arrays (no JAX work at all).
+
+    Lets a program decide, e.g., to enable double precision before `load`.
+    """
+    call = "pollux.model_file_info"
+    if not isinstance(path, (str, bytes, Path)) or not Path(path).is_file():
+        msg = f"{call}(path=...): no model file at {path!r}"
+        raise FileNotFoundError(msg)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            manifest = json.loads(zf.read("manifest.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        msg = f"{call}: {str(path)!r} is not a readable pollux model file ({err})"
+        raise ValueError(msg) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        msg = f"{call}: {str(path)!r} is not a pollux model file"
+        raise ValueError(msg)
+    return {k: v for k, v in manifest.items() if k != "arrays"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Labels:
+    """Outputs predicted for new stars by `TrainedModel.label`, in physical units.
+
+    Attributes
+    ----------
+    predictions
+        `PolluxData`: each predicted output's values (``data``) and standard
+        deviations (``err``), in physical units. NaN only in flagged rows.
+    posterior
+        The latent posterior of each star (None for a `CannonModel`).
+    reduced_chi2
+        ``Σ (y − f(z̄))² / (σ² + s²) / (n − K)`` over the given outputs' observed
+        values, at the posterior mean ``z̄`` (NaN where nothing was observed).
+    n_observed
+        Number of observed values used per star.
+    flags
+        Bitmask of `FLAGS` per star; ``reasons`` spells them out (``""`` if none).
+    """
+
+    predictions: PolluxData
+    posterior: LatentPosterior | None
+    reduced_chi2: np.ndarray
+    n_observed: np.ndarray
+    flags: np.ndarray
+    reasons: tuple[str, ...]
+    columns: Mapping[str, tuple[str, ...]]
+
+    def __len__(self) -> int:
+        return len(self.flags)
+
+    def table(self) -> dict[str, np.ndarray]:
+        """Columns of a results table: each predicted value and its ``_ERR``, then
+        ``REDUCED_CHI2``, ``N_OBSERVED``, ``FLAG`` and ``FLAG_REASON``."""
+        cols: dict[str, np.ndarray] = {}
+        for name, out in self.predictions.items():
+            names = self.columns.get(name) or [
+                f"{name.upper()}_{i}" for i in range(out.size)
+            ]
+            for i, col in enumerate(names):
+                cols[col] = np.asarray(out.data[:, i])
+                cols[f"{col}_ERR"] = np.asarray(out.err[:, i])
+        cols["REDUCED_CHI2"] = self.reduced_chi2
+        cols["N_OBSERVED"] = self.n_observed
+        cols["FLAG"] = self.flags
+        cols["FLAG_REASON"] = np.asarray(self.reasons, dtype=str)
+        return cols
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """A model restored by `load`: ``model``, ``result`` and what maps units.
+
+    Attributes
+    ----------
+    model
+        The `LuxModel` (or `CannonModel`).
+    result
+        Its `FitResult` (calibration included).
+    preprocessors
+        ``{output: preprocessor}`` between physical and model units (empty when
+        the model was saved without ``data``).
+    columns, wavelength, ranges
+        Names of each output's dimensions; wavelength grids of spectral outputs;
+        ``{output: {"min": ..., "max": ...}}`` of the training data.
+    info
+        ``format_version``, ``pollux_version`` and ``created`` of the file.
+    """
+
+    model: LuxModel | CannonModel
+    result: FitResult
+    preprocessors: Mapping[str, AbstractPreprocessor]
+    columns: Mapping[str, tuple[str, ...]]
+    wavelength: Mapping[str, np.ndarray]
+    ranges: Mapping[str, Mapping[str, np.ndarray]]
+    info: Mapping[str, Any]
+
+    @property
+    def lux(self) -> LuxModel:
+        """The underlying `LuxModel`."""
+        return _lux_of(self.model, "TrainedModel")
+
+    @property
+    def fitted(self) -> tuple[str, ...]:
+        """Outputs with fitted parameters, in registration order."""
+        return tuple(k for k in self.lux.outputs if k in self.result.params)
+
+    def data(self, **outputs: Any) -> PolluxData:
+        """New stars' observations (physical units) with the stored preprocessors.
+
+        Each keyword is an output name with an `OutputData`, a ``(values, err)``
+        pair or an array of values.
+        """
+        call = "TrainedModel.data"
+        if not outputs:
+            msg = f"{call}(): give at least one output, e.g. flux=(flux, flux_err)"
+            raise ValueError(msg)
+        built = {}
+        for name, value in outputs.items():
+            if name not in self.lux.outputs:
+                msg = (
+                    f"{call}({name}=...): not an output of the model (outputs: "
+                    f"{list(self.lux.outputs)})"
+                )
+                raise ValueError(msg)
+            if name not in self.preprocessors:
+                msg = (
+                    f"{call}({name}=...): the model file stores no preprocessor for "
+                    f"{name!r} (it was saved without data=...); give model-unit "
+                    "data to model.infer_latents instead"
+                )
+                raise ValueError(msg)
+            if isinstance(value, OutputData):
+                if value.preprocessed:
+                    msg = f"{call}({name}=...): give physical units, not preprocessed"
+                    raise ValueError(msg)
+                value = (value.data, value.err)
+            values, err = value if isinstance(value, tuple) else (value, None)
+            built[name] = OutputData(
+                values, err=err, preprocessor=self.preprocessors[name]
+            )
+        return PolluxData(**built)
+
+    def label(
+        self,
+        data: PolluxData | Mapping[str, Any],
+        *,
+        given: str | Iterable[str] | None = None,
+        names: str | Iterable[str] | None = None,
+        chi2_limit: float = 3.0,
+    ) -> Labels:
+        """Predict outputs (e.g. labels) of new stars from others (e.g. flux).
+
+        Parameters
+        ----------
+        data
+            Observations in physical units: a `PolluxData` (its preprocessors are
+            replaced by the stored ones) or a dict for `TrainedModel.data`.
+        given
+            Outputs to infer the latents from (default: those in ``data``).
+        names
+            Outputs to predict (default: the fitted outputs not given).
+        chi2_limit
+            Reduced chi-squared above which a star is flagged ``high_chi2``.
+
+        Returns
+        -------
+        Labels
+            Predictions in physical units, fit quality and flags per star.
+        """
+        call = "TrainedModel.label"
+        if isinstance(data, PolluxData):
+            data = self.data(**{k: v for k, v in data.items() if k in self.lux.outputs})
+        elif isinstance(data, Mapping):
+            data = self.data(**data)
+        else:
+            msg = f"{call}(data=...): expected a PolluxData or a dict of outputs"
+            raise TypeError(msg)
+        given = _names(given, data.names, call, "given", self.fitted)
+        default = [k for k in self.fitted if k not in given]
+        names = _names(names, default, call, "names", self.fitted)
+        if not names:
+            msg = f"{call}: nothing to predict: every fitted output is given"
+            raise ValueError(msg)
+        pre = data.preprocess()
+        params = self.result.params
+        if isinstance(self.model, CannonModel):
+            if list(given) != [self.model.flux] or list(names) != [self.model.label]:
+                msg = (
+                    f"{call}: a CannonModel predicts {self.model.label!r} from "
+                    f"{self.model.flux!r} only"
+                )
+                raise ValueError(msg)
+            pred = self.model.predict(pre, self.result)
+            posterior, z = None, pred[self.model.label].data
+        else:
+            posterior = self.lux.infer_latents(pre, params, names=given)
+            pred = self.lux.predict(
+                posterior, params, names=names, param_cov=self.result.param_cov
+            )
+            z = posterior.mean
+        chi2, n_obs = self._chi2(pre, given, z)
+        k = self.lux.latent_size
+        reduced = np.where(n_obs > 0, chi2 / np.maximum(n_obs - k, 1), np.nan)
+        flags = np.zeros(len(pre), dtype=np.int32)
+        flags |= np.where(n_obs == 0, FLAGS["no_data"], 0).astype(np.int32)
+        flags |= np.where(reduced > chi2_limit, FLAGS["high_chi2"], 0).astype(np.int32)
+        if posterior is not None and posterior.multimodal is not None:
+            multi = np.asarray(posterior.multimodal)
+            flags |= np.where(multi, FLAGS["multimodal"], 0).astype(np.int32)
+        out = {}
+        for name in names:
+            p = pred[name]
+            pre_fn = self.preprocessors.get(name)
+            values = np.asarray(
+                p.data if pre_fn is None else pre_fn.inverse_transform(p.data)
+            )
+            err = np.asarray(
+                p.err if pre_fn is None else pre_fn.inverse_transform_err(p.err)
+            )
+            values = np.where(n_obs[:, None] > 0, values, np.nan)
+            err = np.where(n_obs[:, None] > 0, err, np.inf)
+            rng = self.ranges.get(name)
+            if rng is not None:
+                outside = (values < rng["min"]) | (values > rng["max"])
+                flags |= np.where(outside.any(1), FLAGS["out_of_range"], 0).astype(
+                    np.int32
+                )
+            out[name] = OutputData(values, err=err)
+        reasons = tuple(
+            ",".join(k for k, bit in FLAGS.items() if f & bit) for f in flags.tolist()
+        )
+        return Labels(
+            predictions=PolluxData(**out),
+            posterior=posterior,
+            reduced_chi2=reduced,
+            n_observed=n_obs,
+            flags=flags,
+            reasons=reasons,
+            columns=dict(self.columns),
+        )
+
+    def _chi2(
+        self, pre: PolluxData, given: Sequence[str], z: Any
+    ) -> tuple[np.ndarray, np.ndarray]:
+        params = self.result.params
+        model_values = self.lux.predict_outputs(z, params, names=list(given))
+        chi2 = np.zeros(len(pre))
+        n_obs = np.zeros(len(pre), dtype=np.int64)
+        for name in given:
+            y = np.asarray(pre[name].data, dtype=float)
+            err = pre[name].err
+            err = np.zeros_like(y) if err is None else np.asarray(err, dtype=float)
+            s = np.asarray(params[name].get(SCATTER, 0.0), dtype=float)
+            var = err**2 + s**2
+            ok = np.isfinite(y) & np.isfinite(var) & (var > 0)
+            resid = y - np.asarray(model_values[name], dtype=float)
+            chi2 += np.where(ok, resid**2 / np.where(ok, var, 1.0), 0.0).sum(1)
+            n_obs += ok.sum(1)
+        return chi2, n_obs
+
+
+def _names(
+    value: Any, default: Sequence[str], call: str, arg: str, fitted: Sequence[str]
+) -> list[str]:
+    if value is None:
+        names = [k for k in default if k in fitted]
+    else:
+        names = [value] if isinstance(value, str) else list(value)
+    bad = [k for k in names if k not in fitted]
+    if bad or (value is not None and not names):
+        msg = (
+            f"{call}({arg}=...): expected outputs the model was fitted to "
+            f"{list(fitted)}, got {names}"
+        )
+        raise ValueError(msg)
+    return names
+
+
+def load(path: Any) -> TrainedModel:
+    """Read a model file written by `LuxModel.save` (any earlier format version).
+
+    Loading runs no code from the file: it is a zip of JSON and ``.npy`` arrays
+    read without pickle, built only into pollux's own transforms, priors and
+    preprocessors, and checked (checksums, finite parameters, shapes).
+
+    Raises
+    ------
+    FileNotFoundError
+        No file at ``path``.
+    ValueError
+        Not a pollux model file, truncated, modified, from a newer format, or
+        with non-finite or inconsistent parameters.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> import pollux as plx
+    >>> from pollux.models.transforms import LinearTransform
+    >>> obs, _ = plx.datasets.make_simulated_linear_data(
+    ...     n_stars=100, n_latents=2, n_labels=2, n_flux=8, rng=0)
+    >>> data = plx.data.PolluxData(
+    ...     flux=plx.data.OutputData(obs["flux"], err=obs["flux_err"]),
+    ...     label=plx.data.OutputData(obs["label"], err=obs["label_err"]))
+    >>> model = plx.LuxModel(latent_size=2)
+    >>> model.register_output("flux", LinearTransform(output_size=8))
+    >>> model.register_output("label", LinearTransform(output_size=2))
+    >>> result = model.fit(data, progress=False)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "model.pollux"
+    >>> _ = model.save(path, result, data=data)
+    >>> trained = plx.load(path)
+    >>> labels = trained.label({"flux": (obs["flux"][:5], obs["flux_err"][:5])})
+    >>> labels.predictions["label"].shape
+    (5, 2)
+    """
+    payload = read_model_file(path)
+    where = f"pollux.load: {str(path)!r}"
+    if payload["x64"] and not jax.config.jax_enable_x64:
+        warnings.warn(
+            f"{where} holds float64 arrays but JAX runs in float32; enable "
+            "jax_enable_x64 before loading for the same numbers as when it was saved",
+            stacklevel=2,
+        )
+    try:
+        model = _model_from(payload["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        msg = f"{where}: the model definition is damaged ({err})"
+        raise ValueError(msg) from err
+    result = result_from_payload(_lux_of(model, where), payload["result"], where)
+    return TrainedModel(
+        model=model,
+        result=result,
+        preprocessors=dict(payload.get("preprocessors", {})),
+        columns=dict(payload.get("columns", {})),
+        wavelength=dict(payload.get("wavelength", {})),
+        ranges=dict(payload.get("ranges", {})),
+        info=payload["info"],
+    )
+
+
+def _model_from(spec: Mapping[str, Any]) -> LuxModel | CannonModel:
+    kind = spec["kind"]
+    if kind == "CannonModel":
+        return CannonModel(
+            spec["n_labels"], spec["flux_size"], flux=spec["flux"], label=spec["label"]
+        )
+    if kind != "LuxModel":
+        msg = f"unknown model kind {kind!r}"
+        raise ValueError(msg)
+    model = LuxModel(latent_size=spec["latent_size"])
+    for name, transform in spec["outputs"].items():
+        model.register_output(name, transform)
+    return model
