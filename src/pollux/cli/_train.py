@@ -1,0 +1,212 @@
+"""``pollux train CONFIG.toml``: fit, calibrate, save a model file, write a report."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._common import UsageError, check_output_path
+from ._config import TrainConfig
+
+__all__ = ["TrainingSet", "build_model", "load_training_set", "train"]
+
+_APOGEE_COLUMNS = ("TEFF", "LOGG", "FE_H", "MG_FE")
+
+
+class TrainingSet:
+    """Flux and labels (physical units) of the stars to train on."""
+
+    def __init__(self, flux, flux_err, label, label_err, wavelength, columns, ids):
+        self.flux, self.flux_err = flux, flux_err
+        self.label, self.label_err = label, label_err
+        self.wavelength, self.columns, self.ids = wavelength, tuple(columns), ids
+
+    def __len__(self) -> int:
+        return len(self.flux)
+
+    def subset(self, idx: np.ndarray) -> TrainingSet:
+        return TrainingSet(
+            self.flux[idx],
+            self.flux_err[idx],
+            self.label[idx],
+            None if self.label_err is None else self.label_err[idx],
+            self.wavelength,
+            self.columns,
+            [self.ids[i] for i in idx],
+        )
+
+
+def load_training_set(cfg: TrainConfig) -> TrainingSet:
+    """The stars of ``[data]``: built-in APOGEE-like spectra or files + a table."""
+    if cfg.apogee_like is not None:
+        from ..datasets import apogee_like
+
+        obs, truth = apogee_like(cfg.apogee_like, seed=cfg.apogee_like_seed)
+        ids = [f"apogee_like-{i}" for i in truth["table_index"]]
+        return TrainingSet(
+            obs["flux"],
+            obs["flux_err"],
+            obs["label"],
+            obs["label_err"],
+            truth["wavelength"],
+            _APOGEE_COLUMNS,
+            ids,
+        )
+    from ..readers import apogee_wavelength, read_spectra, read_table
+
+    spectra = read_spectra(
+        list(cfg.spectra), wavelength=apogee_wavelength(), visits=cfg.visits
+    )
+    table = read_table(
+        cfg.labels,
+        list(cfg.label_columns),
+        err_columns=None
+        if cfg.label_err_columns is None
+        else list(cfg.label_err_columns),
+        id_column=cfg.id_column,
+    )
+    if cfg.id_column is None:
+        if len(table.ids) != len(spectra):
+            msg = (
+                f"[data]: {len(spectra)} spectra but {len(table.ids)} table rows; give "
+                "id_column to match them by identifier"
+            )
+            raise UsageError(msg)
+        rows = np.arange(len(spectra))
+    else:
+        where = {str(i).strip(): r for r, i in enumerate(table.ids)}
+        missing = [i for i in spectra.ids if i not in where]
+        if missing:
+            msg = (
+                f"[data]: {len(missing)} spectra have no row in {str(cfg.labels)!r} "
+                f"(column {cfg.id_column!r}), e.g. {missing[:3]}"
+            )
+            raise UsageError(msg)
+        rows = np.array([where[i] for i in spectra.ids])
+    labels = table.values[rows]
+    keep = np.all(np.isfinite(labels), axis=1) & (spectra.n_bad < spectra.flux.shape[1])
+    if keep.sum() < 10:
+        msg = f"[data]: only {int(keep.sum())} stars have complete labels and flux"
+        raise UsageError(msg)
+    err = None if table.err is None else table.err[rows][keep]
+    if err is not None:
+        err = np.where(np.isfinite(err) & (err >= 0), err, np.inf)
+    return TrainingSet(
+        spectra.flux[keep],
+        spectra.err[keep],
+        labels[keep],
+        err,
+        spectra.wavelength,
+        cfg.label_columns,
+        [i for i, k in zip(spectra.ids, keep, strict=True) if k],
+    )
+
+
+def build_model(cfg: TrainConfig, n_flux: int, n_labels: int) -> Any:
+    """The `LuxModel` of ``[model]``: flux and label transforms, extra scatters."""
+    import numpyro.distributions as dist
+
+    from ..models import LuxModel
+    from ..models.transforms import (
+        AffineTransform,
+        LinearTransform,
+        QuadraticTransform,
+    )
+
+    kinds = {
+        "linear": LinearTransform,
+        "affine": AffineTransform,
+        "quadratic": QuadraticTransform,
+    }
+    model = LuxModel(latent_size=cfg.latent_size)
+    for name, kind, size, scatter in (
+        ("flux", cfg.flux, n_flux, cfg.flux_scatter),
+        ("label", cfg.label, n_labels, cfg.label_scatter),
+    ):
+        priors = {"s": dist.HalfNormal(1.0).expand((size,))} if scatter else None
+        model.register_output(name, kinds[kind](size, param_priors=priors))
+    return model
+
+
+def train(config_path: Path, *, overwrite: bool, progress: bool) -> int:
+    from ._config import read_config
+
+    cfg = read_config(config_path)
+    check_output_path(cfg.model, overwrite=overwrite, what="model file")
+    if cfg.report is not None:
+        check_output_path(cfg.report, overwrite=overwrite, what="report folder")
+    from ._common import setup_jax
+
+    setup_jax(cache=True, float64=cfg.float64)
+    from ..data import OutputData, PolluxData, ShiftScalePreprocessor
+
+    t0 = time.perf_counter()
+    stars = load_training_set(cfg)
+    perm = np.random.default_rng(cfg.split_seed).permutation(len(stars))
+    n_test = round(cfg.holdout * len(stars))
+    train_set, test_set = stars.subset(perm[n_test:]), stars.subset(perm[:n_test])
+    print(
+        f"Training on {len(train_set)} stars × {stars.flux.shape[1]} pixels, "
+        f"{len(stars.columns)} labels {list(stars.columns)}; {len(test_set)} held out"
+    )
+    data = PolluxData(
+        flux=OutputData(
+            train_set.flux,
+            err=train_set.flux_err,
+            preprocessor=ShiftScalePreprocessor.from_data_percentiles(train_set.flux),
+        ),
+        label=OutputData(
+            train_set.label,
+            err=train_set.label_err,
+            preprocessor=ShiftScalePreprocessor.from_data(train_set.label),
+        ),
+    )
+    model = build_model(cfg, stars.flux.shape[1], len(stars.columns))
+    pre = data.preprocess()
+    result = model.fit(
+        pre,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+        accelerate=cfg.accelerate,
+        progress=progress,
+    )
+    print(
+        f"fit: {result.n_iter} iterations, converged={result.converged}, "
+        f"{time.perf_counter() - t0:.0f} s so far"
+    )
+    if cfg.folds:
+        result = model.calibrate(
+            pre, result, folds=cfg.folds, seed=cfg.calibrate_seed, progress=progress
+        )
+        print(f"calibrate: {cfg.folds} folds, {time.perf_counter() - t0:.0f} s so far")
+    path = model.save(
+        cfg.model,
+        result,
+        data=data,
+        columns={"label": list(stars.columns)},
+        wavelength={"flux": stars.wavelength},
+        overwrite=overwrite,
+    )
+    print(f"Model written to {path}")
+    if cfg.report is not None:
+        from ..models import load
+        from ._report import write_report
+
+        trained = load(path)
+        reference = None
+        if len(test_set):
+            reference = (test_set.label, test_set.label_err)
+        paths = write_report(
+            trained,
+            test_set.flux if len(test_set) else None,
+            test_set.flux_err if len(test_set) else None,
+            reference=reference,
+            ids=test_set.ids,
+            out=cfg.report,
+        )
+        print(f"Report ({len(paths)} files) written to {cfg.report}/")
+    print(f"Total time: {time.perf_counter() - t0:.0f} s")
+    return 0
