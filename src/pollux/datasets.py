@@ -12,6 +12,7 @@ from ._params import check_nonnegative_int, check_positive_int
 
 __all__ = [
     "apogee_like",
+    "dwarf_labels",
     "make_simulated_linear_data",
     "make_underestimated_errors_data",
 ]
@@ -268,10 +269,49 @@ def _emulate(emulator: dict[str, np.ndarray], labels: np.ndarray) -> np.ndarray:
     return flux
 
 
+def dwarf_labels(rng: np.random.Generator, table: np.ndarray, n: int) -> np.ndarray:
+    """Labels (Teff, logg, [Fe/H], [Mg/Fe]) of ``n`` dwarfs and subgiants: a simple
+    model, as no real dwarf table ships with pollux.
+
+    Teff ~ U(4200, 6500) K; three in four on the main sequence, log g = 4.65 at
+    4200 K falling linearly to 4.20 at 6500 K, plus Normal(0, 0.08), at most 4.70
+    (the emulator's edge); one in four subgiants, log g ~ U(3.5, main sequence −
+    0.2); [Fe/H] and [Mg/Fe] of a random row of the giants' ``table`` (real
+    abundance pairs).
+    """
+    teff = rng.uniform(4200.0, 6500.0, n)
+    main = 4.65 - 0.45 * (teff - 4200.0) / 2300.0
+    logg = np.minimum(main + 0.08 * rng.standard_normal(n), 4.7)
+    sub = rng.random(n) < 0.25
+    logg[sub] = rng.uniform(3.5, main[sub] - 0.2)
+    abundances = table[rng.integers(0, len(table), n)][:, 2:]
+    return np.column_stack([teff, logg, abundances])
+
+
+def _dwarf_draws(
+    fraction: Any, n_stars: int, seed: int, table: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which stars are dwarfs, and their labels, from a generator of their own."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        msg = f"apogee_like(dwarfs=...): expected a number in [0, 1], got {fraction!r}"
+        raise TypeError(msg)
+    if not 0.0 <= fraction <= 1.0:
+        msg = f"apogee_like(dwarfs=...): expected a number in [0, 1], got {fraction}"
+        raise ValueError(msg)
+    n = round(fraction * n_stars)
+    is_dwarf = np.zeros(n_stars, dtype=bool)
+    if n == 0:
+        return is_dwarf, np.empty((0, 4))
+    side = np.random.default_rng([seed, 1])
+    is_dwarf[side.choice(n_stars, size=n, replace=False)] = True
+    return is_dwarf, dwarf_labels(side, table, n)
+
+
 def apogee_like(
     n_stars: int,
     *,
     seed: int,
+    dwarfs: float = 0.0,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Realistic APOGEE-like red-giant spectra with labels, errors and known defects.
@@ -295,6 +335,12 @@ def apogee_like(
       [Fe/H] [0.01, 0.03], [Mg/Fe] [0.01, 0.04]; the observed labels are the true
       ones plus Normal noise of that size.
 
+    With ``dwarfs > 0`` that fraction of the stars are main-sequence and subgiant
+    stars instead (the survey's other population; the real DR17 table holds giants
+    only, so their labels are a simple model, see `dwarf_labels`), at random
+    positions (their labels and places come from a second generator; ``dwarfs=0``
+    gives exactly the giants-only data set of a seed).
+
     All draws come from ``numpy.random.default_rng(seed)``: a seed gives the same
     data set every time. Make the train and test sets from one call, by slicing.
     10,000 stars take about 6 s of CPU time (half of it the emulator) and 2 GB of
@@ -306,6 +352,8 @@ def apogee_like(
         Number of stars, at most the 100,000 rows of the label table.
     seed
         Non-negative int seed.
+    dwarfs
+        Fraction of dwarfs and subgiants, in [0, 1] (default 0: giants only).
     data_dir
         Directory holding ``NN_normalized_spectra.npz``, ``dr17_giant_labels.npz``
         and ``apogee_wavelength.npz``; default ``$POLLUX_DATA_DIR`` if set, else
@@ -320,7 +368,8 @@ def apogee_like(
     truth
         ``flux`` (noise-free) and ``label``; ``label_names``; ``wavelength``
         (7214,) in vacuum Å; per star ``snr``, ``vmacro`` and ``table_index`` (the
-        row of the label table); ``bad_pixels`` (n_stars, 7214) bool;
+        row of the label table; -1 for a dwarf); ``dwarf`` (n_stars,) bool;
+        ``bad_pixels`` (n_stars, 7214) bool;
         ``unreported_pixels`` (150,) sorted pixel indices and ``unreported_sigma``
         (150,) their extra noise.
 
@@ -359,8 +408,11 @@ def apogee_like(
     # first, so that they depend on the seed alone
     unreported = np.sort(rng.choice(n_pix, size=_N_UNREPORTED, replace=False))
     unreported_sigma = rng.uniform(0.01, 0.05, size=_N_UNREPORTED)
-    index = rng.choice(len(table), size=n_stars, replace=False)
-    label = table[index]
+    is_dwarf, dwarf = _dwarf_draws(dwarfs, n_stars, seed, table)
+    index = np.full(n_stars, -1)
+    index[~is_dwarf] = rng.choice(len(table), size=n_stars - len(dwarf), replace=False)
+    label = np.empty((n_stars, 4))
+    label[~is_dwarf], label[is_dwarf] = table[index[~is_dwarf]], dwarf
     vmacro = rng.uniform(3.0, 10.0, size=n_stars)
     snr = np.exp(rng.uniform(np.log(30.0), np.log(300.0), size=n_stars))
     lo, hi = _LABEL_ERR_RANGE
@@ -409,6 +461,7 @@ def apogee_like(
         "snr": snr,
         "vmacro": vmacro,
         "table_index": index,
+        "dwarf": is_dwarf,
         "bad_pixels": bad,
         "unreported_pixels": unreported,
         "unreported_sigma": unreported_sigma,

@@ -38,6 +38,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from err
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value >= 0 and value != float("inf")):
+        msg = f"expected a finite number >= 0, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pollux",
@@ -115,6 +126,15 @@ def _add_predict(sub) -> None:
     p.add_argument("--flux-key", help="array files: name of the flux array")
     p.add_argument("--err-key", help="array files: name of the error array")
     p.add_argument("--wavelength-key", help="array files: name of the wavelengths")
+    p.add_argument(
+        "--extra-err",
+        type=_nonnegative_float,
+        default=0.0,
+        metavar="SIGMA",
+        help="systematic error added in quadrature to every flux error, for real "
+        "spectra that the training spectra match only to that precision "
+        "(default: %(default)s)",
+    )
     p.add_argument(
         "--batch-size",
         type=_positive_int,
@@ -225,6 +245,7 @@ def _run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             cache=not args.no_cache,
             batch_size=args.batch_size,
+            extra_err=args.extra_err,
             visits=args.visits,
             keys={
                 "flux_key": args.flux_key,

@@ -4,6 +4,7 @@ Example (every key but ``[data]`` has a default)::
 
     [data]                     # either the built-in APOGEE-like spectra ...
     apogee_like = 1500         # number of stars (seed: apogee_like_seed = 0)
+    apogee_like_dwarfs = 0.3   # fraction of dwarfs and subgiants (default 0)
     # ... or files: spectra (APOGEE FITS, npz, HDF5, zarr) and a label table
     # spectra = ["spectra/*.fits"]         # paths or globs, relative to this file
     # labels = "allStar.fits"              # FITS / CSV / ECSV table
@@ -49,6 +50,7 @@ _SECTIONS = {
     "data": {
         "apogee_like",
         "apogee_like_seed",
+        "apogee_like_dwarfs",
         "spectra",
         "labels",
         "label_columns",
@@ -69,6 +71,7 @@ class TrainConfig:
 
     apogee_like: int | None = None
     apogee_like_seed: int = 0
+    apogee_like_dwarfs: float = 0.0
     spectra: tuple[Path, ...] = ()
     labels: Path | None = None
     label_columns: tuple[str, ...] = ()
@@ -128,6 +131,7 @@ def parse_config(raw: dict[str, Any], base: Path) -> TrainConfig:
             raise UsageError(msg)
         kw["apogee_like"] = _int(data, "data", "apogee_like", 2)
         kw["apogee_like_seed"] = _int(data, "data", "apogee_like_seed", 0, default=0)
+        kw["apogee_like_dwarfs"] = _float(data, "data", "apogee_like_dwarfs", 0, 1, 0.0)
     elif "spectra" in data:
         kw["spectra"] = _paths(data["spectra"], base)
         if "labels" not in data or "label_columns" not in data:

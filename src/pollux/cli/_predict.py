@@ -37,6 +37,7 @@ def predict(
     overwrite: bool,
     cache: bool,
     batch_size: int,
+    extra_err: float,
     visits: str,
     keys: dict[str, str | None],
     progress: bool,
@@ -92,7 +93,11 @@ def predict(
             pad = rows - len(flux)
             flux = np.concatenate([flux, np.full((pad, size), np.nan)])
             err = np.concatenate([err, np.full((pad, size), np.inf)])
-            labels = trained.label({name: (flux, err)}, given=[name])
+            labels = trained.label(
+                {name: (flux, err)},
+                given=[name],
+                extra_err={name: extra_err} if extra_err else None,
+            )
             chunks.append({k: v[: rows - pad] for k, v in labels.table().items()})
             bar.update(rows - pad)
     table = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}

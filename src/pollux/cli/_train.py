@@ -44,8 +44,10 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
     if cfg.apogee_like is not None:
         from ..datasets import apogee_like
 
-        obs, truth = apogee_like(cfg.apogee_like, seed=cfg.apogee_like_seed)
-        ids = [f"apogee_like-{i}" for i in truth["table_index"]]
+        obs, truth = apogee_like(
+            cfg.apogee_like, seed=cfg.apogee_like_seed, dwarfs=cfg.apogee_like_dwarfs
+        )
+        ids = [f"apogee_like-{i}" for i in range(cfg.apogee_like)]
         return TrainingSet(
             obs["flux"],
             obs["flux_err"],

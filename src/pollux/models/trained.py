@@ -338,6 +338,7 @@ class TrainedModel:
         *,
         given: str | Iterable[str] | None = None,
         names: str | Iterable[str] | None = None,
+        extra_err: Mapping[str, float] | None = None,
         chi2_limit: float = 3.0,
     ) -> Labels:
         """Predict outputs (e.g. labels) of new stars from others (e.g. flux).
@@ -351,6 +352,11 @@ class TrainedModel:
             Outputs to infer the latents from (default: those in ``data``).
         names
             Outputs to predict (default: the fitted outputs not given).
+        extra_err
+            ``{output: sigma}``: a systematic error (physical units) added in
+            quadrature to the errors of given outputs, e.g. ``{"flux": 0.005}``
+            for real spectra that the training spectra imitate only to that
+            precision (the learned scatter ``s`` knows the training data only).
         chi2_limit
             Reduced chi-squared above which a star is flagged ``high_chi2``.
 
@@ -368,6 +374,7 @@ class TrainedModel:
             msg = f"{call}(data=...): expected a PolluxData or a dict of outputs"
             raise TypeError(msg)
         given = _names(given, data.names, call, "given", self.fitted)
+        data = _with_extra_err(data, extra_err, given, call)
         default = [k for k in self.fitted if k not in given]
         names = _names(names, default, call, "names", self.fitted)
         if not names:
@@ -449,6 +456,33 @@ class TrainedModel:
             chi2 += np.where(ok, resid**2 / np.where(ok, var, 1.0), 0.0).sum(1)
             n_obs += ok.sum(1)
         return chi2, n_obs
+
+
+def _with_extra_err(
+    data: PolluxData, extra_err: Any, given: Sequence[str], call: str
+) -> PolluxData:
+    if extra_err is None:
+        return data
+    if not isinstance(extra_err, Mapping):
+        msg = f"{call}(extra_err=...): expected a dict like {{'flux': 0.005}}"
+        raise TypeError(msg)
+    outputs = dict(data.items())
+    for name, sigma in extra_err.items():
+        if name not in given:
+            msg = f"{call}(extra_err=...): {name!r} is not a given output {list(given)}"
+            raise ValueError(msg)
+        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
+            msg = f"{call}(extra_err=...): {name!r} needs a number, got {sigma!r}"
+            raise TypeError(msg)
+        if not (np.isfinite(sigma) and sigma >= 0):
+            msg = f"{call}(extra_err=...): {name!r} needs a finite sigma >= 0, got {sigma}"
+            raise ValueError(msg)
+        out = outputs[name]
+        err = 0.0 if out.err is None else np.asarray(out.err)
+        outputs[name] = OutputData(
+            out.data, err=np.sqrt(err**2 + sigma**2), preprocessor=out.preprocessor
+        )
+    return PolluxData(**outputs)
 
 
 def _names(
