@@ -376,3 +376,19 @@ def test_label_refusals(tmp_path, saved):
         trained.label({"flux": np.ones((2, 6)), "label": np.ones((2, 2))})
     with pytest.raises(ValueError, match=r"shape"):
         trained.label({"flux": (np.ones((2, 5)), np.ones((2, 5)))})
+
+
+def test_extra_err_widens_errors_and_lowers_chi2(tmp_path, saved):
+    trained = plx.load(saved)
+    data, _, _ = make_data(n_stars=80)
+    given = {"flux": (data["flux"].data[60:], data["flux"].err[60:])}
+    plain = trained.label(given)
+    wider = trained.label(given, extra_err={"flux": 0.5})
+    assert np.all(wider.reduced_chi2 < plain.reduced_chi2)
+    assert np.all(wider.predictions["label"].err > plain.predictions["label"].err)
+    with pytest.raises(ValueError, match="not a given output"):
+        trained.label(given, extra_err={"label": 0.1})
+    with pytest.raises(ValueError, match="finite sigma"):
+        trained.label(given, extra_err={"flux": -1.0})
+    with pytest.raises(TypeError, match="needs a number"):
+        trained.label(given, extra_err={"flux": "0.1"})
