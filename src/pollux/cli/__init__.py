@@ -93,7 +93,7 @@ def _add_train(sub) -> None:
         ),
     )
     p.add_argument("config", type=Path, metavar="CONFIG.toml")
-    _common(p, cache=False)
+    _common(p)
 
 
 def _add_predict(sub) -> None:
@@ -233,7 +233,10 @@ def _run(args: argparse.Namespace) -> int:
         from ._train import train
 
         return train(
-            args.config, overwrite=args.overwrite, progress=not args.no_progress
+            args.config,
+            overwrite=args.overwrite,
+            cache=not args.no_cache,
+            progress=not args.no_progress,
         )
     if args.command == "predict":
         from ._predict import predict
@@ -265,7 +268,14 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``pollux`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # INPUT files after an option: `predict M a.fits --out t.csv b.fits`
+        if getattr(args, "inputs", None) is None or any(
+            e.startswith("-") for e in extra
+        ):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.inputs = [*args.inputs, *map(Path, extra)]
     try:
         return _run(args)
     except (UsageError, ValueError, TypeError, FileNotFoundError) as err:

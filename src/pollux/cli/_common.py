@@ -40,8 +40,10 @@ def check_output_path(path: Path, *, overwrite: bool, what: str) -> Path:
     if path.exists() and not overwrite:
         msg = f"{what} {str(path)!r} exists; pass --overwrite to replace it"
         raise UsageError(msg)
-    if path.exists() and path.is_dir() and what != "report folder":
-        msg = f"{what} {str(path)!r} is a folder; give a file name"
+    folder = what == "report folder"
+    if path.exists() and path.is_dir() != folder:
+        kind = "a file; give a folder" if folder else "a folder; give a file name"
+        msg = f"{what} {str(path)!r} is {kind}"
         raise UsageError(msg)
     if not path.parent.is_dir():
         msg = f"the folder of the {what} {str(path.parent)!r} does not exist"

@@ -234,7 +234,10 @@ def _path(value: Any, base: Path, what: str) -> Path:
     if not isinstance(value, str) or not value:
         msg = f"{what}: expected a path, got {value!r}"
         raise UsageError(msg)
-    path = Path(value).expanduser()
+    try:
+        path = Path(value).expanduser()
+    except RuntimeError as err:  # "~user" of an unknown user
+        raise UsageError(f"{what}: cannot expand {value!r} ({err})") from err
     return path if path.is_absolute() else base / path
 
 

@@ -133,7 +133,7 @@ def build_model(cfg: TrainConfig, n_flux: int, n_labels: int) -> Any:
     return model
 
 
-def train(config_path: Path, *, overwrite: bool, progress: bool) -> int:
+def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) -> int:
     from ._config import read_config
 
     cfg = read_config(config_path)
@@ -142,13 +142,19 @@ def train(config_path: Path, *, overwrite: bool, progress: bool) -> int:
         check_output_path(cfg.report, overwrite=overwrite, what="report folder")
     from ._common import setup_jax
 
-    setup_jax(cache=True, float64=cfg.float64)
+    setup_jax(cache=cache, float64=cfg.float64)
     from ..data import OutputData, PolluxData, ShiftScalePreprocessor
 
     t0 = time.perf_counter()
     stars = load_training_set(cfg)
     perm = np.random.default_rng(cfg.split_seed).permutation(len(stars))
     n_test = round(cfg.holdout * len(stars))
+    if len(stars) - n_test < 10:
+        msg = (
+            f"[output] holdout = {cfg.holdout} leaves {len(stars) - n_test} of "
+            f"{len(stars)} stars to train on; at least 10 are needed"
+        )
+        raise UsageError(msg)
     train_set, test_set = stars.subset(perm[n_test:]), stars.subset(perm[:n_test])
     print(
         f"Training on {len(train_set)} stars × {stars.flux.shape[1]} pixels, "

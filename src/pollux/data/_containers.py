@@ -17,17 +17,7 @@ __all__ = ["OutputData", "PolluxData"]
 
 
 def _as_2d_float(x: ArrayLike, what: str) -> np.ndarray:
-    if isinstance(x, (str, bytes)) or x is None:
-        msg = f"{what} must be a numeric array, got {type(x).__name__}"
-        raise TypeError(msg)
-    arr = np.asarray(x)
-    if arr.dtype == object or not (
-        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-    ):
-        msg = f"{what} must be a numeric array, got dtype {arr.dtype}"
-        raise TypeError(msg)
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(float)
+    arr = _as_numeric(x, what)
     if arr.ndim == 1:
         arr = arr[:, None]
     if arr.ndim != 2:
@@ -36,6 +26,26 @@ def _as_2d_float(x: ArrayLike, what: str) -> np.ndarray:
             f"dimension), got shape {arr.shape}"
         )
         raise ValueError(msg)
+    return arr
+
+
+def _as_numeric(x: ArrayLike, what: str) -> np.ndarray:
+    """``x`` as a float16/32/64 numpy array, or a TypeError/ValueError naming it."""
+    if isinstance(x, (str, bytes)) or x is None:
+        msg = f"{what} must be a numeric array, got {type(x).__name__}"
+        raise TypeError(msg)
+    try:
+        arr = np.asarray(x)
+    except ValueError as err:  # e.g. a ragged list of lists
+        msg = f"{what} must be a rectangular numeric array ({err})"
+        raise ValueError(msg) from err
+    if arr.dtype == object or not (
+        np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+    ):
+        msg = f"{what} must be a numeric array, got dtype {arr.dtype}"
+        raise TypeError(msg)
+    if arr.dtype not in (np.float16, np.float32, np.float64):  # ints, long double
+        arr = arr.astype(float)
     return arr
 
 
@@ -171,6 +181,9 @@ class OutputData(eqx.Module):
 def _normalize_index(index: Any, n: int, call: str) -> Any:
     """Turn int/slice/index array/boolean mask into an index that keeps 2D shape."""
     if isinstance(index, slice):
+        if index.step == 0:
+            msg = f"{call}: slice step cannot be zero"
+            raise ValueError(msg)
         return index
     if isinstance(index, (int, np.integer)):
         i = int(index)
@@ -179,6 +192,8 @@ def _normalize_index(index: Any, n: int, call: str) -> Any:
             raise IndexError(msg)
         return np.array([i])
     arr = np.asarray(index)
+    if arr.size == 0 and arr.ndim == 1 and arr.dtype != bool:  # [] selects none
+        arr = arr.astype(np.intp)
     if arr.dtype == bool:
         if arr.shape != (n,):
             msg = f"{call}: boolean mask must have shape ({n},), got {arr.shape}"
@@ -331,7 +346,8 @@ class PolluxData(eqx.Module):
             if isinstance(value, OutputData):
                 values, err = value.data, value.err
             else:
-                values, err = jnp.asarray(value), None
+                what = f"PolluxData.unprocess(): {name!r}"
+                values, err = jnp.asarray(_as_numeric(value, what)), None
             width = self.outputs[name].size
             if values.ndim != 2 or values.shape[1] != width:
                 msg = (

@@ -121,7 +121,13 @@ class ShiftScalePreprocessor(AbstractPreprocessor):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             loc = np.nanmean(arr, axis=axis)
-            scale = np.nanstd(arr, axis=axis)
+            # on values scaled to at most 1, so that squares neither under- nor
+            # overflow; a constant column (max == min) has no spread at all
+            top = np.nanmax(np.abs(arr), axis=axis, keepdims=True)
+            top = np.where(np.isfinite(top) & (top > 0), top, 1.0)
+            scale = np.nanstd(arr / top, axis=axis) * np.squeeze(top, axis)
+            flat = np.nanmax(arr, axis=axis) == np.nanmin(arr, axis=axis)
+            scale = np.where(flat, 0.0, scale)
         _check_scale(np.asarray(scale), "ShiftScalePreprocessor.from_data")
         return cls(loc, scale)
 

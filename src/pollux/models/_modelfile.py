@@ -24,6 +24,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -37,8 +38,23 @@ from ._checks import check_params
 from ._codec import FileFormatError, decode, encode
 from ._results import FitResult, LatentPosterior
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "read_model_file", "write_model_file"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "UNREADABLE",
+    "read_model_file",
+    "write_model_file",
+]
 
+#: What reading a damaged zip archive can raise (zipfile, zlib, the file system).
+UNREADABLE = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    NotImplementedError,
+    RuntimeError,
+)
 FORMAT = "pollux-model"
 #: Version of the layout written by this pollux; files of every earlier version load.
 FORMAT_VERSION = 1
@@ -147,10 +163,10 @@ def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
         with zipfile.ZipFile(path) as zf:
             manifest = _read_manifest(zf, where)
             arrays = _read_arrays(zf, manifest, where)
-    except zipfile.BadZipFile as err:
+    except UNREADABLE as err:
         msg = (
             f"{where} is not a readable pollux model file (not a zip archive, or "
-            f"truncated or damaged: {err})"
+            f"truncated or damaged: {err!r})"
         )
         raise ValueError(msg) from err
     try:

@@ -25,6 +25,7 @@ from ..data import AbstractPreprocessor, OutputData, PolluxData
 from ._checks import check_params
 from ._modelfile import (
     FORMAT,
+    UNREADABLE,
     preprocessors_of,
     read_model_file,
     result_from_payload,
@@ -200,7 +201,7 @@ def model_file_info(path: Any) -> dict[str, Any]:
     try:
         with zipfile.ZipFile(path) as zf:
             manifest = json.loads(zf.read("manifest.json"))
-    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+    except (*UNREADABLE, KeyError, ValueError) as err:
         msg = f"{call}: {str(path)!r} is not a readable pollux model file ({err})"
         raise ValueError(msg) from err
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
