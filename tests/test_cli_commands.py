@@ -1028,3 +1028,13 @@ def test_random_predict_arguments_exit_0_or_2_without_traceback(
         assert len(err.strip().splitlines()) == 1, (argv, err)
     for path in fuzz_dir.iterdir():
         assert ".partial" not in path.name, path
+
+
+def test_predict_of_a_file_without_spectra_is_a_usage_error(trained, tmp_path, capsys):
+    empty = _save_npz(
+        tmp_path / "empty.npz", np.ones((0, WAVE.size)), np.ones((0, WAVE.size))
+    )
+    out = tmp_path / "out.csv"
+    rc, _, err = _predict(capsys, trained.path, [empty], out)
+    _assert_usage_error(rc, err, "predict", "hold no spectra")
+    assert not out.exists()

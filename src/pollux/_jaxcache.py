@@ -1,7 +1,8 @@
 """Opt-in persistent compilation cache of JAX for command-line runs of pollux.
 
 Importing pollux changes no JAX setting: `enable_compilation_cache` is called by
-the command-line interface (``pollux predict``, unless turned off by a flag), or by
+the command-line interface (``pollux train``, ``predict`` and ``report``, unless
+turned off by ``--no-cache``), or by
 a user who wants compiled programs reused across processes.
 
 Why JAX's defaults are not enough

@@ -392,3 +392,66 @@ def test_extra_err_widens_errors_and_lowers_chi2(tmp_path, saved):
         trained.label(given, extra_err={"flux": -1.0})
     with pytest.raises(TypeError, match="needs a number"):
         trained.label(given, extra_err={"flux": "0.1"})
+
+
+def test_more_refusals_name_the_argument(tmp_path, saved, linear_fit):
+    trained = plx.load(saved)
+    flux = np.ones((2, 6))
+    with pytest.raises(ValueError, match="no stars to label"):
+        trained.label({"flux": np.ones((0, 6))})
+    with pytest.raises(
+        ValueError, match=r"given=\.\.\.\): \['label'\] not in the data"
+    ):
+        trained.label({"flux": flux}, given=["flux", "label"])
+    with pytest.raises(TypeError, match="chi2_limit"):
+        trained.label({"flux": flux}, chi2_limit="3")
+    with pytest.raises(ValueError, match="chi2_limit"):
+        trained.label({"flux": flux}, chi2_limit=float("nan"))
+    with pytest.raises(ValueError, match=r"expected \(values, err\)"):
+        trained.label({"flux": (flux, flux, flux)})
+    # an output without errors gets the extra error alone
+    labels = trained.label({"flux": flux}, extra_err={"flux": 0.1})
+    assert np.all(np.isfinite(labels.reduced_chi2))
+    with pytest.raises(TypeError, match="path"):
+        plx.models.model_file_info(b"x.pollux")
+    model, result, _ = linear_fit
+    with pytest.raises(TypeError, match="columns"):
+        model.save(tmp_path / "c.pollux", result, columns={"label": 3})
+    with pytest.raises(TypeError, match="wavelength"):
+        model.save(tmp_path / "w.pollux", result, wavelength="abc")
+
+    def no_result(manifest):
+        del manifest["payload"]["result"]
+
+    with pytest.raises(ValueError, match="lacks the model or the result"):
+        plx.load(_rewrite(saved, tmp_path / "r.pollux", no_result))
+
+    def bad_preprocessor(manifest):
+        manifest["payload"]["preprocessors"]["flux"] = 3
+
+    with pytest.raises(ValueError, match="preprocessors"):
+        plx.load(_rewrite(saved, tmp_path / "p.pollux", bad_preprocessor))
+
+
+def test_sequence_stores_no_unreferenced_arrays(tmp_path):
+    model = plx.LuxModel(latent_size=2)
+    model.register_output(
+        "flux", TransformSequence(LinearTransform(3), AffineTransform(5))
+    )
+    params = {
+        "flux": {
+            k: jnp.zeros(v) for k, v in model.outputs["flux"].param_shapes(2).items()
+        }
+    }
+    result = plx.FitResult(
+        params,
+        plx.LatentPosterior(jnp.zeros((1, 2)), jnp.zeros((1, 2, 2))),
+        jnp.zeros(1),
+        0,
+        False,
+    )
+    path = model.save(tmp_path / "s.pollux", result)
+    with zipfile.ZipFile(path) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+    text = json.dumps(manifest["payload"])
+    assert all(f'"{key}"' in text for key in manifest["arrays"])

@@ -64,20 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _common(p: argparse.ArgumentParser, *, cache: bool = True) -> None:
+def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing output files"
     )
     p.add_argument(
         "--no-progress", action="store_true", help="no progress bars (e.g. in logs)"
     )
-    if cache:
-        p.add_argument(
-            "--no-cache",
-            action="store_true",
-            help="do not use the persistent compilation cache (then every run "
-            "compiles from scratch)",
-        )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="do not use the persistent compilation cache (then every run "
+        "compiles from scratch)",
+    )
 
 
 def _add_train(sub) -> None:
@@ -278,13 +277,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.inputs = [*args.inputs, *map(Path, extra)]
     try:
         return _run(args)
-    except (UsageError, ValueError, TypeError, FileNotFoundError) as err:
+    except (UsageError, ValueError, TypeError, OSError) as err:
+        if isinstance(err, OSError) and err.filename is not None:
+            err = f"{err.strerror}: {err.filename!r}"  # e.g. permission denied
         print(f"pollux {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"pollux {args.command}: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "UsageError",
     "atomic_path",
     "check_output_path",
+    "load_model",
+    "match_rows",
     "setup_jax",
 ]
 
@@ -35,12 +38,14 @@ def setup_jax(*, cache: bool, float64: bool) -> None:
         jax.config.update("jax_enable_x64", True)
 
 
-def check_output_path(path: Path, *, overwrite: bool, what: str) -> Path:
-    """Refuse an existing output (unless ``overwrite``) or a missing parent folder."""
+def check_output_path(
+    path: Path, *, overwrite: bool, what: str, folder: bool = False
+) -> Path:
+    """Refuse an existing output (unless ``overwrite``), one of the wrong kind (a
+    file where a ``folder`` goes, or the reverse) or a missing parent folder."""
     if path.exists() and not overwrite:
         msg = f"{what} {str(path)!r} exists; pass --overwrite to replace it"
         raise UsageError(msg)
-    folder = what == "report folder"
     if path.exists() and path.is_dir() != folder:
         kind = "a file; give a folder" if folder else "a folder; give a file name"
         msg = f"{what} {str(path)!r} is {kind}"
@@ -63,3 +68,41 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def load_model(path: Path, *, cache: bool) -> Any:
+    """The `TrainedModel` at ``path``, JAX set up first (the cache as asked, double
+    precision if the file was fit in it)."""
+    from ..models import load, model_file_info
+
+    setup_jax(cache=cache, float64=bool(model_file_info(path).get("x64")))
+    return load(path)
+
+
+def match_rows(ids: Sequence[str], table: Any, id_column: str | None, what: str):
+    """Row of ``table`` (a `pollux.readers.LabelTable`) for each spectrum id: by
+    position without ``id_column``, else by identifier (unique in the table)."""
+    import numpy as np
+
+    if id_column is None:
+        if len(table.ids) != len(ids):
+            msg = (
+                f"{what}: {len(ids)} spectra but {len(table.ids)} table rows; give the "
+                "column of identifiers to match them by"
+            )
+            raise UsageError(msg)
+        return np.arange(len(ids))
+    where: dict[str, int] = {}
+    for row, key in enumerate(table.ids):
+        if str(key) in where:
+            msg = f"{what}: the identifier {key!r} appears twice in the table"
+            raise UsageError(msg)
+        where[str(key)] = row
+    missing = [i for i in ids if i not in where]
+    if missing:
+        msg = (
+            f"{what}: {len(missing)} spectra have no row in the table (column "
+            f"{id_column!r}), e.g. {missing[:3]}"
+        )
+        raise UsageError(msg)
+    return np.array([where[i] for i in ids])

@@ -11,6 +11,7 @@ Example (every key but ``[data]`` has a default)::
     # label_columns = ["TEFF", "LOGG", "FE_H", "MG_FE"]
     # label_err_columns = ["TEFF_ERR", "LOGG_ERR", "FE_H_ERR", "MG_FE_ERR"]
     # id_column = "APOGEE_ID"              # matches table rows to spectra
+    # visits = "combined"                  # apStar files: or "all" visits
 
     [model]
     latent_size = 6
@@ -23,14 +24,17 @@ Example (every key but ``[data]`` has a default)::
     max_iter = 300
     tol = 1e-6
     float64 = false
+    accelerate = true          # SQUAREM cycles
 
     [calibrate]
     folds = 5                  # 0: no calibration
+    seed = 0                   # of the split into folds
 
     [output]
     model = "model.pollux"     # relative to this file
     report = "report"          # folder of figures; "" for none
     holdout = 0.2              # fraction of stars kept out of training for the report
+    seed = 0                   # of the hold-out split
 """
 
 from __future__ import annotations
@@ -125,10 +129,14 @@ def parse_config(raw: dict[str, Any], base: Path) -> TrainConfig:
     data, model = raw.get("data", {}), raw.get("model", {})
     fit, cal, out = raw.get("fit", {}), raw.get("calibrate", {}), raw.get("output", {})
     kw: dict[str, Any] = {}
+    builtin = {k for k in data if k.startswith("apogee_like")}
+    if builtin and set(data) - builtin:
+        msg = (
+            f"[data]: give either apogee_like (with {sorted(builtin)}) or spectra "
+            f"files (with {sorted(set(data) - builtin)}), not both"
+        )
+        raise UsageError(msg)
     if "apogee_like" in data:
-        if "spectra" in data or "labels" in data:
-            msg = "[data]: give either apogee_like or spectra + labels, not both"
-            raise UsageError(msg)
         kw["apogee_like"] = _int(data, "data", "apogee_like", 2)
         kw["apogee_like_seed"] = _int(data, "data", "apogee_like_seed", 0, default=0)
         kw["apogee_like_dwarfs"] = _float(data, "data", "apogee_like_dwarfs", 0, 1, 0.0)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._common import UsageError, atomic_path, check_output_path, setup_jax
+from ._common import UsageError, atomic_path, check_output_path, load_model
 
 __all__ = ["TABLE_FORMATS", "info", "predict"]
 
@@ -53,19 +55,14 @@ def predict(
     for path in inputs:
         if not path.exists():
             raise UsageError(f"input {str(path)!r} does not exist")
-    from ..models import model_file_info
-
-    manifest = model_file_info(model_path)
-    setup_jax(cache=cache, float64=bool(manifest.get("x64")))
+    t0 = time.perf_counter()
+    trained = load_model(model_path, cache=cache)
 
     import jax
     from tqdm.auto import tqdm
 
-    from ..models import load
     from ..readers import read_spectra
 
-    t0 = time.perf_counter()
-    trained = load(model_path)
     name = _spectral_output(trained)
     spectra = read_spectra(
         [str(p) for p in inputs],
@@ -81,11 +78,15 @@ def predict(
             "resample onto"
         )
         raise UsageError(msg)
-    t_read = time.perf_counter() - t0
-    compile_s = _compile_timer()
     n = len(spectra)
+    if n == 0:
+        raise UsageError("the INPUT files hold no spectra")
+    t_read = time.perf_counter() - t0
     chunks = []
-    with tqdm(total=n, unit="spectra", disable=not progress, desc="predict") as bar:
+    with (
+        _compile_timer() as compile_s,
+        tqdm(total=n, unit="spectra", disable=not progress, desc="predict") as bar,
+    ):
         for start in range(0, n, batch_size):
             flux = spectra.flux[start : start + batch_size]
             err = spectra.err[start : start + batch_size]
@@ -122,9 +123,10 @@ def _spectral_output(trained: Any) -> str:
     raise UsageError(msg)
 
 
-def _compile_timer():
-    """A callable giving the seconds JAX has spent compiling (or loading compiled
-    programs from the persistent cache) since this call."""
+@contextlib.contextmanager
+def _compile_timer() -> Iterator[Callable[[], float]]:
+    """A callable giving the seconds JAX spends compiling (or loading compiled
+    programs from the persistent cache) inside the block."""
     import jax
 
     total = [0.0]
@@ -134,7 +136,12 @@ def _compile_timer():
             total[0] += duration
 
     jax.monitoring.register_event_duration_secs_listener(listen)
-    return lambda: total[0]
+    try:
+        yield lambda: total[0]
+    finally:
+        unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+        if unregister is not None:  # jax >= 0.4.36
+            unregister(listen)
 
 
 def _with_reader_columns(spectra: Any, table: dict[str, np.ndarray]) -> dict:
@@ -167,11 +174,10 @@ def _write_table(columns: dict[str, np.ndarray], out: Path) -> None:
 
 
 def info(model_path: Path) -> int:
-    from ..models import load, model_file_info
+    from ..models import model_file_info
 
     manifest = model_file_info(model_path)
-    setup_jax(cache=False, float64=bool(manifest.get("x64")))
-    trained = load(model_path)
+    trained = load_model(model_path, cache=False)
     result, lux = trained.result, trained.lux
     print(f"{model_path}")
     print(

@@ -17,7 +17,6 @@ def write_report(
     flux_err: np.ndarray | None,
     *,
     reference: tuple[np.ndarray, np.ndarray | None] | None,
-    ids: list[str] | None,
     out: Path,
     max_stars: int = 6,
 ) -> list[Path]:
@@ -76,7 +75,7 @@ def write_report(
             flux,
             model_flux,
             err=flux_err,
-            ids=list(range(min(max_stars, len(flux)))),
+            max_stars=max_stars,
             path=out / "residual_spectra.png",
         )
         written.append(out / "residual_spectra.png")
@@ -125,9 +124,20 @@ def write_report(
             summary["z_std"] = dict(
                 zip(columns, np.nanstd(z, 0).tolist(), strict=False)
             )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.json").write_text(
+        json.dumps(_finite_or_none(summary), indent=2, allow_nan=False) + "\n"
+    )
     written.append(out / "summary.json")
     return written
+
+
+def _finite_or_none(tree: Any) -> Any:
+    """JSON has no NaN: non-finite numbers become null."""
+    if isinstance(tree, dict):
+        return {k: _finite_or_none(v) for k, v in tree.items()}
+    if isinstance(tree, float) and not np.isfinite(tree):
+        return None
+    return tree
 
 
 def _model_flux(trained: Any, labels: Any) -> np.ndarray:
@@ -144,16 +154,19 @@ def _model_flux(trained: Any, labels: Any) -> np.ndarray:
 
 def report(args: Any) -> int:
     """``pollux report``: figures of a model file, on spectra files if given."""
-    from ..models import load, model_file_info
-    from ._common import UsageError, check_output_path, setup_jax
+    from ._common import UsageError, check_output_path, load_model, match_rows
 
-    check_output_path(args.out, overwrite=args.overwrite, what="report folder")
+    check_output_path(
+        args.out, overwrite=args.overwrite, what="report folder", folder=True
+    )
     if args.labels is not None and not args.inputs:
         raise UsageError("--labels needs INPUT spectra files to compare with")
-    manifest = model_file_info(args.model)
-    setup_jax(cache=not args.no_cache, float64=bool(manifest.get("x64")))
-    trained = load(args.model)
-    flux = err = reference = ids = None
+    trained = load_model(args.model, cache=not args.no_cache)
+    missing = [k for k in ("flux", "label") if k not in trained.fitted]
+    if missing:
+        msg = f"the model has no fitted output {missing} (report draws flux and label)"
+        raise UsageError(msg)
+    flux = err = reference = None
     if args.inputs:
         from ..readers import read_spectra, read_table
 
@@ -162,23 +175,14 @@ def report(args: Any) -> int:
             wavelength=trained.wavelength.get("flux"),
             visits=args.visits,
         )
-        flux, err, ids = spectra.flux, spectra.err, list(spectra.ids)
+        flux, err = spectra.flux, spectra.err
         if args.labels is not None:
             columns = list(trained.columns.get("label", ()))
             if not columns:
                 raise UsageError("the model file names no label columns to look up")
-            table = read_table(
-                args.labels,
-                columns,
-                err_columns=None,
-                id_column=args.id_column,
-            )
-            where = {str(i).strip(): r for r, i in enumerate(table.ids)}
-            missing = [i for i in ids if i not in where]
-            if missing:
-                msg = f"--labels: no row for the spectra {missing[:3]} (--id-column?)"
-                raise UsageError(msg)
-            reference = (table.values[[where[i] for i in ids]], None)
-    paths = write_report(trained, flux, err, reference=reference, ids=ids, out=args.out)
+            table = read_table(args.labels, columns, id_column=args.id_column)
+            rows = match_rows(spectra.ids, table, args.id_column, "--labels")
+            reference = (table.values[rows], None)
+    paths = write_report(trained, flux, err, reference=reference, out=args.out)
     print(f"Report ({len(paths)} files) written to {args.out}/")
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ._common import UsageError, check_output_path
+from ._common import UsageError, check_output_path, match_rows
 from ._config import TrainConfig
 
 __all__ = ["TrainingSet", "build_model", "load_training_set", "train"]
@@ -19,10 +19,10 @@ _APOGEE_COLUMNS = ("TEFF", "LOGG", "FE_H", "MG_FE")
 class TrainingSet:
     """Flux and labels (physical units) of the stars to train on."""
 
-    def __init__(self, flux, flux_err, label, label_err, wavelength, columns, ids):
+    def __init__(self, flux, flux_err, label, label_err, wavelength, columns):
         self.flux, self.flux_err = flux, flux_err
         self.label, self.label_err = label, label_err
-        self.wavelength, self.columns, self.ids = wavelength, tuple(columns), ids
+        self.wavelength, self.columns = wavelength, tuple(columns)
 
     def __len__(self) -> int:
         return len(self.flux)
@@ -35,7 +35,6 @@ class TrainingSet:
             None if self.label_err is None else self.label_err[idx],
             self.wavelength,
             self.columns,
-            [self.ids[i] for i in idx],
         )
 
 
@@ -47,7 +46,6 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
         obs, truth = apogee_like(
             cfg.apogee_like, seed=cfg.apogee_like_seed, dwarfs=cfg.apogee_like_dwarfs
         )
-        ids = [f"apogee_like-{i}" for i in range(cfg.apogee_like)]
         return TrainingSet(
             obs["flux"],
             obs["flux_err"],
@@ -55,7 +53,6 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
             obs["label_err"],
             truth["wavelength"],
             _APOGEE_COLUMNS,
-            ids,
         )
     from ..readers import apogee_wavelength, read_spectra, read_table
 
@@ -70,24 +67,7 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
         else list(cfg.label_err_columns),
         id_column=cfg.id_column,
     )
-    if cfg.id_column is None:
-        if len(table.ids) != len(spectra):
-            msg = (
-                f"[data]: {len(spectra)} spectra but {len(table.ids)} table rows; give "
-                "id_column to match them by identifier"
-            )
-            raise UsageError(msg)
-        rows = np.arange(len(spectra))
-    else:
-        where = {str(i).strip(): r for r, i in enumerate(table.ids)}
-        missing = [i for i in spectra.ids if i not in where]
-        if missing:
-            msg = (
-                f"[data]: {len(missing)} spectra have no row in {str(cfg.labels)!r} "
-                f"(column {cfg.id_column!r}), e.g. {missing[:3]}"
-            )
-            raise UsageError(msg)
-        rows = np.array([where[i] for i in spectra.ids])
+    rows = match_rows(spectra.ids, table, cfg.id_column, "[data]")
     labels = table.values[rows]
     keep = np.all(np.isfinite(labels), axis=1) & (spectra.n_bad < spectra.flux.shape[1])
     if keep.sum() < 10:
@@ -103,7 +83,6 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
         err,
         spectra.wavelength,
         cfg.label_columns,
-        [i for i, k in zip(spectra.ids, keep, strict=True) if k],
     )
 
 
@@ -133,13 +112,31 @@ def build_model(cfg: TrainConfig, n_flux: int, n_labels: int) -> Any:
     return model
 
 
+def _flux_preprocessor(flux: np.ndarray) -> Any:
+    """Median and half the 16–84% range per pixel; a pixel never observed (or
+    constant) in the training set keeps loc 1, scale 1 (it carries no weight)."""
+    import warnings
+
+    from ..data import ShiftScalePreprocessor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels
+        loc = np.nanmedian(flux, axis=0)
+        lo, hi = np.nanpercentile(flux, [16.0, 84.0], axis=0)
+    scale = 0.5 * (hi - lo)
+    bad = ~(np.isfinite(scale) & (scale > 0))
+    return ShiftScalePreprocessor(np.where(bad, 1.0, loc), np.where(bad, 1.0, scale))
+
+
 def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) -> int:
     from ._config import read_config
 
     cfg = read_config(config_path)
     check_output_path(cfg.model, overwrite=overwrite, what="model file")
     if cfg.report is not None:
-        check_output_path(cfg.report, overwrite=overwrite, what="report folder")
+        check_output_path(
+            cfg.report, overwrite=overwrite, what="report folder", folder=True
+        )
     from ._common import setup_jax
 
     setup_jax(cache=cache, float64=cfg.float64)
@@ -164,7 +161,7 @@ def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) ->
         flux=OutputData(
             train_set.flux,
             err=train_set.flux_err,
-            preprocessor=ShiftScalePreprocessor.from_data_percentiles(train_set.flux),
+            preprocessor=_flux_preprocessor(train_set.flux),
         ),
         label=OutputData(
             train_set.label,
@@ -212,7 +209,6 @@ def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) ->
             test_set.flux if len(test_set) else None,
             test_set.flux_err if len(test_set) else None,
             reference=reference,
-            ids=test_set.ids,
             out=cfg.report,
         )
         print(f"Report ({len(paths)} files) written to {cfg.report}/")

@@ -142,16 +142,17 @@ class _Encoder:
         return {"type": name, "args": args}
 
     def transform(self, t: AbstractTransform, key: str) -> dict[str, Any]:
+        if isinstance(t, TransformSequence):  # member priors live in the members
+            members = [
+                self.transform(m, f"{key}/{i}") for i, m in enumerate(t.transforms)
+            ]
+            scatter = t.param_priors.get("s")
+            priors = {} if scatter is None else {"s": self(scatter, f"{key}/priors/s")}
+            return {"type": "TransformSequence", "members": members, "priors": priors}
         priors = {
             k: {"$prior": self.prior(p, f"{key}/priors/{k}")}
             for k, p in t.param_priors.items()
         }
-        if isinstance(t, TransformSequence):
-            members = [
-                self.transform(m, f"{key}/{i}") for i, m in enumerate(t.transforms)
-            ]
-            scatter = {k: v for k, v in priors.items() if k == "s"}
-            return {"type": "TransformSequence", "members": members, "priors": scatter}
         name = type(t).__name__
         if _TRANSFORMS.get(name) is not type(t):
             msg = (

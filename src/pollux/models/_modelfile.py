@@ -42,6 +42,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "UNREADABLE",
+    "read_manifest",
     "read_model_file",
     "write_model_file",
 ]
@@ -91,13 +92,13 @@ def write_model_file(
     if not isinstance(overwrite, bool):
         msg = f"{call}(overwrite=...): expected True or False, got {overwrite!r}"
         raise TypeError(msg)
+    if path.is_dir():
+        msg = f"{call}(path=...): {str(path)!r} is a folder; give a file name"
+        raise ValueError(msg)
     if path.exists() and not overwrite:
         msg = (
             f"{call}(path=...): {str(path)!r} exists; pass overwrite=True to replace it"
         )
-        raise ValueError(msg)
-    if path.is_dir():
-        msg = f"{call}(path=...): {str(path)!r} is a folder; give a file name"
         raise ValueError(msg)
     if not path.parent.is_dir():
         msg = f"{call}(path=...): the folder {str(path.parent)!r} does not exist"
@@ -149,8 +150,9 @@ def write_model_file(
     return path
 
 
-def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
-    """The decoded payload of a model file, checked; see the module docstring."""
+def _open(path: Any, call: str, read: Any) -> Any:
+    """``read(zipfile, where)`` on the model file at ``path``, every way of being
+    unreadable turned into a `ValueError` (a missing file: `FileNotFoundError`)."""
     if not isinstance(path, (str, os.PathLike)):
         msg = f"{call}(path=...): expected a file path, got {type(path).__name__}"
         raise TypeError(msg)
@@ -161,16 +163,32 @@ def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
     where = f"{call}: {str(path)!r}"
     try:
         with zipfile.ZipFile(path) as zf:
-            manifest = _read_manifest(zf, where)
-            arrays = _read_arrays(zf, manifest, where)
+            return read(zf, where)
     except UNREADABLE as err:
         msg = (
             f"{where} is not a readable pollux model file (not a zip archive, or "
             f"truncated or damaged: {err!r})"
         )
         raise ValueError(msg) from err
+
+
+def read_manifest(path: Any, call: str) -> dict[str, Any]:
+    """The checked manifest of a model file (its arrays are not read)."""
+    return _open(path, call, _read_manifest)
+
+
+def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
+    """The decoded payload of a model file, checked; see the module docstring."""
+
+    def read(zf: zipfile.ZipFile, where: str) -> tuple:
+        manifest = _read_manifest(zf, where)
+        return manifest, _read_arrays(zf, manifest, where), where
+
+    manifest, arrays, where = _open(path, call, read)
     try:
         payload = decode(manifest["payload"], arrays)
+        if not isinstance(payload, dict) or not {"model", "result"} <= set(payload):
+            raise FileFormatError("the payload lacks the model or the result")
         payload["x64"] = bool(manifest.get("x64", False))
         payload["info"] = {
             k: manifest.get(k) for k in ("format_version", "pollux_version", "created")
@@ -224,7 +242,11 @@ def _read_arrays(
         except ValueError as err:
             msg = f"{where}: the array {key!r} cannot be read ({err})"
             raise ValueError(msg) from err
-        if not isinstance(meta, dict) or _sha256(arr) != meta.get("sha256"):
+        if not isinstance(meta, dict) or (
+            _sha256(arr) != meta.get("sha256")
+            or arr.dtype.str != meta.get("dtype")
+            or list(arr.shape) != meta.get("shape")
+        ):
             msg = (
                 f"{where}: the array {key!r} does not match its checksum; the file "
                 "was modified or damaged after it was written"

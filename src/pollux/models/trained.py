@@ -10,9 +10,8 @@ column names, wavelength grids and training ranges. `load` gives back a
 from __future__ import annotations
 
 import dataclasses
-import json
+import os
 import warnings
-import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,8 @@ from .._params import SCATTER
 from ..data import AbstractPreprocessor, OutputData, PolluxData
 from ._checks import check_params
 from ._modelfile import (
-    FORMAT,
-    UNREADABLE,
     preprocessors_of,
+    read_manifest,
     read_model_file,
     result_from_payload,
     write_model_file,
@@ -43,6 +41,7 @@ FLAGS = {
     "multimodal": 2,  # the latent posterior has a rival mode
     "out_of_range": 4,  # a prediction outside the training data's range
     "high_chi2": 8,  # reduced chi-squared of the given outputs above the limit
+    "not_finite": 16,  # the computation gave a non-finite value: predictions are NaN
 }
 
 
@@ -138,7 +137,12 @@ def _check_columns(columns: Any, lux: LuxModel, call: str) -> dict[str, tuple]:
         if name not in lux.outputs:
             msg = f"{call}(columns=...): {name!r} is not an output of the model"
             raise ValueError(msg)
-        cols = tuple(cols) if not isinstance(cols, str) else (cols,)
+        if isinstance(cols, str):
+            cols = (cols,)
+        elif not isinstance(cols, Iterable):
+            msg = f"{call}(columns=...): {name!r} needs a list of names, got {cols!r}"
+            raise TypeError(msg)
+        cols = tuple(cols)
         size = lux.outputs[name].output_size
         if len(cols) != size or not all(isinstance(c, str) and c for c in cols):
             msg = (
@@ -160,7 +164,11 @@ def _check_wavelength(wavelength: Any, lux: LuxModel, call: str) -> dict[str, An
         if name not in lux.outputs:
             msg = f"{call}(wavelength=...): {name!r} is not an output of the model"
             raise ValueError(msg)
-        arr = np.asarray(wave, dtype=float)
+        try:
+            arr = np.asarray(wave, dtype=float)
+        except (TypeError, ValueError) as err:
+            msg = f"{call}(wavelength=...): {name!r} is not an array of numbers"
+            raise TypeError(msg) from err
         size = lux.outputs[name].output_size
         if arr.shape != (size,) or not np.all(np.isfinite(arr)):
             msg = (
@@ -194,20 +202,11 @@ def model_file_info(path: Any) -> dict[str, Any]:
 
     Lets a program decide, e.g., to enable double precision before `load`.
     """
-    call = "pollux.model_file_info"
-    if not isinstance(path, (str, bytes, Path)) or not Path(path).is_file():
-        msg = f"{call}(path=...): no model file at {path!r}"
-        raise FileNotFoundError(msg)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            manifest = json.loads(zf.read("manifest.json"))
-    except (*UNREADABLE, KeyError, ValueError) as err:
-        msg = f"{call}: {str(path)!r} is not a readable pollux model file ({err})"
-        raise ValueError(msg) from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        msg = f"{call}: {str(path)!r} is not a pollux model file"
-        raise ValueError(msg)
-    return {k: v for k, v in manifest.items() if k != "arrays"}
+    return {
+        k: v
+        for k, v in read_manifest(path, "pollux.model_file_info").items()
+        if k != "arrays"
+    }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +326,9 @@ class TrainedModel:
                     msg = f"{call}({name}=...): give physical units, not preprocessed"
                     raise ValueError(msg)
                 value = (value.data, value.err)
+            if isinstance(value, tuple) and len(value) != 2:
+                msg = f"{call}({name}=...): expected (values, err), a pair"
+                raise ValueError(msg)
             values, err = value if isinstance(value, tuple) else (value, None)
             built[name] = OutputData(
                 values, err=err, preprocessor=self.preprocessors[name]
@@ -375,6 +377,19 @@ class TrainedModel:
             msg = f"{call}(data=...): expected a PolluxData or a dict of outputs"
             raise TypeError(msg)
         given = _names(given, data.names, call, "given", self.fitted)
+        missing = [g for g in given if g not in data.names]
+        if missing:
+            msg = f"{call}(given=...): {missing} not in the data {list(data.names)}"
+            raise ValueError(msg)
+        if len(data) == 0:
+            msg = f"{call}(data=...): no stars to label"
+            raise ValueError(msg)
+        if isinstance(chi2_limit, bool) or not isinstance(chi2_limit, (int, float)):
+            msg = f"{call}(chi2_limit=...): expected a number, got {chi2_limit!r}"
+            raise TypeError(msg)
+        if not (np.isfinite(chi2_limit) and chi2_limit > 0):
+            msg = f"{call}(chi2_limit=...): expected a finite number > 0"
+            raise ValueError(msg)
         data = _with_extra_err(data, extra_err, given, call)
         default = [k for k in self.fitted if k not in given]
         names = _names(names, default, call, "names", self.fitted)
@@ -402,11 +417,11 @@ class TrainedModel:
         k = self.lux.latent_size
         reduced = np.where(n_obs > 0, chi2 / np.maximum(n_obs - k, 1), np.nan)
         flags = np.zeros(len(pre), dtype=np.int32)
-        flags |= np.where(n_obs == 0, FLAGS["no_data"], 0).astype(np.int32)
-        flags |= np.where(reduced > chi2_limit, FLAGS["high_chi2"], 0).astype(np.int32)
+        flags |= _bits(n_obs == 0, "no_data")
+        flags |= _bits(reduced > chi2_limit, "high_chi2")
         if posterior is not None and posterior.multimodal is not None:
             multi = np.asarray(posterior.multimodal)
-            flags |= np.where(multi, FLAGS["multimodal"], 0).astype(np.int32)
+            flags |= _bits(multi, "multimodal")
         out = {}
         for name in names:
             p = pred[name]
@@ -417,14 +432,15 @@ class TrainedModel:
             err = np.asarray(
                 p.err if pre_fn is None else pre_fn.inverse_transform_err(p.err)
             )
-            values = np.where(n_obs[:, None] > 0, values, np.nan)
-            err = np.where(n_obs[:, None] > 0, err, np.inf)
+            failed = ~(np.isfinite(values).all(1) & np.isfinite(err).all(1))
+            flags |= _bits(failed & (n_obs > 0), "not_finite")
+            ok = (n_obs > 0) & ~failed
+            values = np.where(ok[:, None], values, np.nan)
+            err = np.where(ok[:, None], err, np.inf)
             rng = self.ranges.get(name)
             if rng is not None:
                 outside = (values < rng["min"]) | (values > rng["max"])
-                flags |= np.where(outside.any(1), FLAGS["out_of_range"], 0).astype(
-                    np.int32
-                )
+                flags |= _bits(outside.any(1), "out_of_range")
             out[name] = OutputData(values, err=err)
         reasons = tuple(
             ",".join(k for k, bit in FLAGS.items() if f & bit) for f in flags.tolist()
@@ -459,6 +475,11 @@ class TrainedModel:
         return chi2, n_obs
 
 
+def _bits(mask: Any, name: str) -> np.ndarray:
+    """``FLAGS[name]`` where ``mask`` holds, else 0 (int32)."""
+    return np.where(mask, FLAGS[name], 0).astype(np.int32)
+
+
 def _with_extra_err(
     data: PolluxData, extra_err: Any, given: Sequence[str], call: str
 ) -> PolluxData:
@@ -479,7 +500,7 @@ def _with_extra_err(
             msg = f"{call}(extra_err=...): {name!r} needs a finite sigma >= 0, got {sigma}"
             raise ValueError(msg)
         out = outputs[name]
-        err = 0.0 if out.err is None else np.asarray(out.err)
+        err = np.zeros(out.shape) if out.err is None else np.asarray(out.err)
         outputs[name] = OutputData(
             out.data, err=np.sqrt(err**2 + sigma**2), preprocessor=out.preprocessor
         )
@@ -540,7 +561,7 @@ def load(path: Any) -> TrainedModel:
     (5, 2)
     """
     payload = read_model_file(path)
-    where = f"pollux.load: {str(path)!r}"
+    where = f"pollux.load: {os.fspath(path)!r}"
     if payload["x64"] and not jax.config.jax_enable_x64:
         warnings.warn(
             f"{where} holds float64 arrays but JAX runs in float32; enable "
@@ -552,16 +573,44 @@ def load(path: Any) -> TrainedModel:
     except (KeyError, TypeError, ValueError) as err:
         msg = f"{where}: the model definition is damaged ({err})"
         raise ValueError(msg) from err
-    result = result_from_payload(_lux_of(model, where), payload["result"], where)
-    return TrainedModel(
-        model=model,
-        result=result,
-        preprocessors=dict(payload.get("preprocessors", {})),
-        columns=dict(payload.get("columns", {})),
-        wavelength=dict(payload.get("wavelength", {})),
-        ranges=dict(payload.get("ranges", {})),
-        info=payload["info"],
-    )
+    lux = _lux_of(model, where)
+    result = result_from_payload(lux, payload["result"], where)
+    try:
+        extras = _checked_extras(payload, lux)
+    except (KeyError, TypeError, ValueError) as err:
+        msg = (
+            f"{where}: the stored preprocessors, columns or ranges are damaged ({err})"
+        )
+        raise ValueError(msg) from err
+    return TrainedModel(model=model, result=result, info=payload["info"], **extras)
+
+
+def _checked_extras(payload: Mapping[str, Any], lux: LuxModel) -> dict[str, Any]:
+    """Preprocessors, columns, wavelengths and ranges of a payload, checked against
+    the model's outputs."""
+    sizes = {k: t.output_size for k, t in lux.outputs.items()}
+    extras = {
+        k: dict(payload.get(k, {}))
+        for k in ("preprocessors", "columns", "wavelength", "ranges")
+    }
+    for kind, items in extras.items():
+        for name, value in items.items():
+            if name not in sizes:
+                raise ValueError(f"{kind} of an unknown output {name!r}")
+            if kind == "preprocessors" and not isinstance(value, AbstractPreprocessor):
+                raise TypeError(f"the preprocessor of {name!r} is {value!r}")
+            if kind == "columns" and (
+                not isinstance(value, tuple) or len(value) != sizes[name]
+            ):
+                raise ValueError(f"the columns of {name!r} are {value!r}")
+            if kind == "wavelength" and np.shape(value) != (sizes[name],):
+                raise ValueError(f"the wavelength of {name!r} has the wrong shape")
+            if kind == "ranges" and not (
+                set(value) == {"min", "max"}
+                and all(np.shape(v) == (sizes[name],) for v in value.values())
+            ):
+                raise ValueError(f"the ranges of {name!r} are damaged")
+    return extras
 
 
 def _model_from(spec: Mapping[str, Any]) -> LuxModel | CannonModel:

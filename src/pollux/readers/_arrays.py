@@ -258,7 +258,7 @@ def read_array_spectra(
                 if target is None
                 else f"differ from the {target.size} of wavelength="
             )
-            + "; pass wavelength_key= (or wavelength=, the grid the spectra are on)",
+            + "; name the wavelength array (wavelength_key=, or --wavelength-key in the CLI)",
         )
         wave = target
 
