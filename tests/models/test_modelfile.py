@@ -455,3 +455,27 @@ def test_sequence_stores_no_unreferenced_arrays(tmp_path):
         manifest = json.loads(zf.read("manifest.json"))
     text = json.dumps(manifest["payload"])
     assert all(f'"{key}"' in text for key in manifest["arrays"])
+
+
+def test_clip_removes_spikes_and_recovers_the_clean_labels(tmp_path, saved):
+    trained = plx.load(saved)
+    data, _, _ = make_data(n_stars=80)
+    flux = np.array(data["flux"].data[60:])
+    err = np.array(data["flux"].err[60:])
+    spiked = flux.copy()
+    spiked[:, 2] += 50 * err[:, 2]  # one wild value per star, e.g. a sky line
+    raw = trained.label({"flux": (spiked, err)})
+    clipped = trained.label({"flux": (spiked, err)}, clip=5.0)
+    assert np.all(clipped.n_clipped >= 1) and np.all(raw.n_clipped == 0)
+    assert np.all(clipped.reduced_chi2 < raw.reduced_chi2)
+    # with the spike left out the star is inferred from the other 5 pixels
+    five = trained.label({"flux": (np.where(np.arange(6) == 2, np.nan, flux), err)})
+    np.testing.assert_allclose(
+        clipped.predictions["label"].data[clipped.n_clipped == 1],
+        five.predictions["label"].data[clipped.n_clipped == 1],
+        rtol=1e-12,
+    )
+    assert np.all(clipped.flags & plx.models.trained.FLAGS["many_outliers"])  # 1/6 > 5%
+    assert "N_CLIPPED" in clipped.table()
+    with pytest.raises(ValueError, match="clip"):
+        trained.label({"flux": (flux, err)}, clip=0)

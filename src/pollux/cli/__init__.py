@@ -38,15 +38,25 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(msg) from err
 
 
-def _nonnegative_float(text: str) -> float:
+def _float_at_least(text: str, low: float, strict: bool) -> float:
     try:
         value = float(text)
     except ValueError:
         value = float("nan")
-    if not (value >= 0 and value != float("inf")):
-        msg = f"expected a finite number >= 0, got {text!r}"
+    ok = value > low if strict else value >= low
+    if not (ok and value != float("inf")):
+        word = ">" if strict else ">="
+        msg = f"expected a finite number {word} {low:g}, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
+
+
+def _nonnegative_float(text: str) -> float:
+    return _float_at_least(text, 0.0, strict=False)
+
+
+def _positive_float(text: str) -> float:
+    return _float_at_least(text, 0.0, strict=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +143,15 @@ def _add_predict(sub) -> None:
         help="systematic error added in quadrature to every flux error, for real "
         "spectra that the training spectra match only to that precision "
         "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--clip",
+        type=_positive_float,
+        default=None,
+        metavar="SIGMA",
+        help="leave out flux values more than SIGMA standard deviations from the "
+        "model (sky-line residuals, cosmic rays) and infer again; N_CLIPPED counts "
+        "them (default: keep every value)",
     )
     p.add_argument(
         "--batch-size",
@@ -248,6 +267,7 @@ def _run(args: argparse.Namespace) -> int:
             cache=not args.no_cache,
             batch_size=args.batch_size,
             extra_err=args.extra_err,
+            clip=args.clip,
             visits=args.visits,
             keys={
                 "flux_key": args.flux_key,

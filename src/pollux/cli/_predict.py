@@ -40,6 +40,7 @@ def predict(
     cache: bool,
     batch_size: int,
     extra_err: float,
+    clip: float | None,
     visits: str,
     keys: dict[str, str | None],
     progress: bool,
@@ -98,6 +99,7 @@ def predict(
                 {name: (flux, err)},
                 given=[name],
                 extra_err={name: extra_err} if extra_err else None,
+                clip=clip,
             )
             chunks.append({k: v[: rows - pad] for k, v in labels.table().items()})
             bar.update(rows - pad)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._params import SCATTER
@@ -42,6 +43,7 @@ FLAGS = {
     "out_of_range": 4,  # a prediction outside the training data's range
     "high_chi2": 8,  # reduced chi-squared of the given outputs above the limit
     "not_finite": 16,  # the computation gave a non-finite value: predictions are NaN
+    "many_outliers": 32,  # clip left out more than 5% of the star's values
 }
 
 
@@ -225,6 +227,8 @@ class Labels:
         values, at the posterior mean ``z̄`` (NaN where nothing was observed).
     n_observed
         Number of observed values used per star.
+    n_clipped
+        Number of values left out as outliers per star (``clip``).
     flags
         Bitmask of `FLAGS` per star; ``reasons`` spells them out (``""`` if none).
     """
@@ -236,13 +240,15 @@ class Labels:
     flags: np.ndarray
     reasons: tuple[str, ...]
     columns: Mapping[str, tuple[str, ...]]
+    n_clipped: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.flags)
 
     def table(self) -> dict[str, np.ndarray]:
         """Columns of a results table: each predicted value and its ``_ERR``, then
-        ``REDUCED_CHI2``, ``N_OBSERVED``, ``FLAG`` and ``FLAG_REASON``."""
+        ``REDUCED_CHI2``, ``N_OBSERVED``, ``N_CLIPPED``, ``FLAG`` and
+        ``FLAG_REASON``."""
         cols: dict[str, np.ndarray] = {}
         for name, out in self.predictions.items():
             names = self.columns.get(name) or [
@@ -253,6 +259,8 @@ class Labels:
                 cols[f"{col}_ERR"] = np.asarray(out.err[:, i])
         cols["REDUCED_CHI2"] = self.reduced_chi2
         cols["N_OBSERVED"] = self.n_observed
+        if self.n_clipped is not None:
+            cols["N_CLIPPED"] = self.n_clipped
         cols["FLAG"] = self.flags
         cols["FLAG_REASON"] = np.asarray(self.reasons, dtype=str)
         return cols
@@ -342,6 +350,7 @@ class TrainedModel:
         given: str | Iterable[str] | None = None,
         names: str | Iterable[str] | None = None,
         extra_err: Mapping[str, float] | None = None,
+        clip: float | None = None,
         chi2_limit: float = 3.0,
     ) -> Labels:
         """Predict outputs (e.g. labels) of new stars from others (e.g. flux).
@@ -360,6 +369,11 @@ class TrainedModel:
             quadrature to the errors of given outputs, e.g. ``{"flux": 0.005}``
             for real spectra that the training spectra imitate only to that
             precision (the learned scatter ``s`` knows the training data only).
+        clip
+            Leave out values of the given outputs more than ``clip`` standard
+            deviations from the model (e.g. sky-line residuals and cosmic rays in
+            real spectra, which training spectra lack) and infer again, up to three
+            times; ``Labels.n_clipped`` counts them. None (default): keep every value.
         chi2_limit
             Reduced chi-squared above which a star is flagged ``high_chi2``.
 
@@ -396,29 +410,51 @@ class TrainedModel:
         if not names:
             msg = f"{call}: nothing to predict: every fitted output is given"
             raise ValueError(msg)
-        pre = data.preprocess()
-        params = self.result.params
-        if isinstance(self.model, CannonModel):
-            if list(given) != [self.model.flux] or list(names) != [self.model.label]:
-                msg = (
-                    f"{call}: a CannonModel predicts {self.model.label!r} from "
-                    f"{self.model.flux!r} only"
-                )
-                raise ValueError(msg)
-            pred = self.model.predict(pre, self.result)
-            posterior, z = None, pred[self.model.label].data
-        else:
-            posterior = self.lux.infer_latents(pre, params, names=given)
-            pred = self.lux.predict(
-                posterior, params, names=names, param_cov=self.result.param_cov
+        if clip is not None and (
+            isinstance(clip, bool)
+            or not isinstance(clip, (int, float))
+            or not (np.isfinite(clip) and clip > 0)
+        ):
+            msg = (
+                f"{call}(clip=...): expected None or a finite number > 0, got {clip!r}"
             )
-            z = posterior.mean
-        chi2, n_obs = self._chi2(pre, given, z)
+            raise ValueError(msg)
+        if isinstance(self.model, CannonModel) and (
+            list(given) != [self.model.flux] or list(names) != [self.model.label]
+        ):
+            msg = (
+                f"{call}: a CannonModel predicts {self.model.label!r} from "
+                f"{self.model.flux!r} only"
+            )
+            raise ValueError(msg)
+        pre = data.preprocess()
+        n_clipped = np.zeros(len(pre), dtype=np.int64)
+        for _ in range(4 if clip else 1):
+            pred, posterior, z = self._infer(pre, given, names)
+            resid = self._residuals(pre, given, z)
+            if not clip:
+                break
+            outliers = {k: np.abs(np.nan_to_num(r)) > clip for k, r in resid.items()}
+            new = sum(o.sum(1) for o in outliers.values())
+            if not np.any(new):
+                break
+            n_clipped += new
+            pre = PolluxData(
+                **{
+                    k: v._replace(data=jnp.where(outliers[k], jnp.nan, v.data))
+                    if k in outliers
+                    else v
+                    for k, v in pre.items()
+                }
+            )
+        chi2 = sum(np.nansum(r**2, 1) for r in resid.values())
+        n_obs = sum(np.isfinite(r).sum(1) for r in resid.values())
         k = self.lux.latent_size
         reduced = np.where(n_obs > 0, chi2 / np.maximum(n_obs - k, 1), np.nan)
         flags = np.zeros(len(pre), dtype=np.int32)
         flags |= _bits(n_obs == 0, "no_data")
         flags |= _bits(reduced > chi2_limit, "high_chi2")
+        flags |= _bits(n_clipped > 0.05 * (n_obs + n_clipped), "many_outliers")
         if posterior is not None and posterior.multimodal is not None:
             multi = np.asarray(posterior.multimodal)
             flags |= _bits(multi, "multimodal")
@@ -453,26 +489,38 @@ class TrainedModel:
             flags=flags,
             reasons=reasons,
             columns=dict(self.columns),
+            n_clipped=n_clipped,
         )
 
-    def _chi2(
+    def _infer(self, pre: PolluxData, given: Sequence[str], names: Sequence[str]):
+        """(predictions in model units, latent posterior or None, latents)."""
+        if isinstance(self.model, CannonModel):
+            pred = self.model.predict(pre, self.result)
+            return pred, None, pred[self.model.label].data
+        params = self.result.params
+        posterior = self.lux.infer_latents(pre, params, names=given)
+        pred = self.lux.predict(
+            posterior, params, names=names, param_cov=self.result.param_cov
+        )
+        return pred, posterior, posterior.mean
+
+    def _residuals(
         self, pre: PolluxData, given: Sequence[str], z: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> dict[str, np.ndarray]:
+        """``(y − f(z)) / sqrt(σ² + s²)`` of each given output, NaN where unobserved."""
         params = self.result.params
         model_values = self.lux.predict_outputs(z, params, names=list(given))
-        chi2 = np.zeros(len(pre))
-        n_obs = np.zeros(len(pre), dtype=np.int64)
+        out = {}
         for name in given:
             y = np.asarray(pre[name].data, dtype=float)
             err = pre[name].err
             err = np.zeros_like(y) if err is None else np.asarray(err, dtype=float)
             s = np.asarray(params[name].get(SCATTER, 0.0), dtype=float)
-            var = err**2 + s**2
-            ok = np.isfinite(y) & np.isfinite(var) & (var > 0)
+            sd = np.sqrt(err**2 + s**2)
+            ok = np.isfinite(y) & np.isfinite(sd) & (sd > 0)
             resid = y - np.asarray(model_values[name], dtype=float)
-            chi2 += np.where(ok, resid**2 / np.where(ok, var, 1.0), 0.0).sum(1)
-            n_obs += ok.sum(1)
-        return chi2, n_obs
+            out[name] = np.where(ok, resid / np.where(ok, sd, 1.0), np.nan)
+        return out
 
 
 def _bits(mask: Any, name: str) -> np.ndarray:
