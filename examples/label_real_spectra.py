@@ -69,7 +69,7 @@ def main() -> None:
     wave = trained.wavelength["flux"]
     files = sorted(REAL.glob("*.fits.gz")) + sorted(REAL.glob("*.npz"))
     spectra = read_spectra(files, wavelength=wave)  # resampled, normalised
-    labels = trained.label({"flux": (spectra.flux, spectra.err)})
+    labels = trained.label({"flux": (spectra.flux, spectra.err)}, clip=5.0)
     table = labels.table()
     print(f"{'star':46s} {'Teff':>6s} {'logg':>5s} {'[Fe/H]':>6s} {'chi2_r':>6s} flags")
     for i, star in enumerate(spectra.ids):
