@@ -1038,3 +1038,47 @@ def test_predict_of_a_file_without_spectra_is_a_usage_error(trained, tmp_path, c
     rc, _, err = _predict(capsys, trained.path, [empty], out)
     _assert_usage_error(rc, err, "predict", "hold no spectra")
     assert not out.exists()
+
+
+def test_train_from_spectra_files_and_a_label_table(tmp_path, capsys):
+    """[data] spectra + labels: npz spectra on the APOGEE grid, a CSV table matched
+    by identifier (in a different row order), a star without labels dropped."""
+    obs, truth = plx.datasets.apogee_like(24, seed=5)
+    files = []
+    for i in range(2):  # two files of 12 spectra
+        rows = slice(12 * i, 12 * (i + 1))
+        path = tmp_path / f"part{i}.npz"
+        np.savez(
+            path,
+            flux=obs["flux"][rows],
+            err=obs["flux_err"][rows],
+            wavelength=truth["wavelength"],
+        )
+        files.append(path)
+    ids = [f"part{i}.npz[{j}]" for i in range(2) for j in range(12)]
+    labels = np.array(obs["label"])
+    labels[3, 0] = np.nan  # no Teff: this star is left out
+    order = np.random.default_rng(0).permutation(24)
+    table = Table(
+        {
+            "ID": np.asarray(ids)[order],
+            **{c: labels[order, k] for k, c in enumerate("ABCD")},
+        }
+    )
+    table.write(tmp_path / "labels.csv")
+    (tmp_path / "train.toml").write_text(
+        '[data]\nspectra = "part*.npz"\nlabels = "labels.csv"\n'
+        'label_columns = ["A", "B", "C", "D"]\nid_column = "ID"\n'
+        '[model]\nlatent_size = 2\nflux = "linear"\nlabel = "linear"\n'
+        "[fit]\nmax_iter = 3\n[calibrate]\nfolds = 0\n"
+        '[output]\nreport = ""\nholdout = 0.0\n'
+    )
+    rc, out, err = _run(
+        capsys, "train", tmp_path / "train.toml", "--no-cache", "--no-progress"
+    )
+    assert rc == 0, err
+    assert "Training on 23 stars × 7214 pixels" in out
+    model = plx.load(tmp_path / "model.pollux")
+    assert model.columns["label"] == ("A", "B", "C", "D")
+    np.testing.assert_array_equal(model.wavelength["flux"], truth["wavelength"])
+    assert len(model.result.posterior) == 23
