@@ -1082,3 +1082,51 @@ def test_train_from_spectra_files_and_a_label_table(tmp_path, capsys):
     assert model.columns["label"] == ("A", "B", "C", "D")
     np.testing.assert_array_equal(model.wavelength["flux"], truth["wavelength"])
     assert len(model.result.posterior) == 23
+
+
+def test_predict_into_a_zarr_store_streams_and_matches_the_table(
+    trained, tmp_path, capsys
+):
+    import zarr
+
+    rng = np.random.default_rng(3)
+    flux = np.tile(trained.flux, (2, 1))[:70] + 0.01 * rng.standard_normal(
+        (70, WAVE.size)
+    )
+    err = np.full_like(flux, 0.05)
+    source = zarr.open_group(str(tmp_path / "spectra.zarr"), mode="w")
+    source.create_array("flux", data=flux)
+    source.create_array("err", data=err)
+    out = tmp_path / "labels.zarr"
+    rc, _, err_text = _run(
+        capsys,
+        "predict",
+        trained.path,
+        tmp_path / "spectra.zarr",
+        "--out",
+        out,
+        "--batch-size",
+        "32",
+        "--no-cache",
+        "--no-progress",
+    )
+    assert rc == 0, err_text
+    store = zarr.open_group(str(out), mode="r")
+    expected = plx.load(trained.path).label({"flux": (flux, err)}).table()
+    for col in (*COLUMNS, f"{COLUMNS[0]}_ERR", "REDUCED_CHI2", "FLAG"):
+        np.testing.assert_allclose(store[col][:], expected[col], rtol=1e-9)
+    assert bool(np.all(store["done"][:]))
+    # a second run resumes: nothing left to do, the store is unchanged
+    rc, _, _ = _run(
+        capsys,
+        "predict",
+        trained.path,
+        tmp_path / "spectra.zarr",
+        "--out",
+        out,
+        "--batch-size",
+        "32",
+        "--no-cache",
+        "--no-progress",
+    )
+    assert rc == 0

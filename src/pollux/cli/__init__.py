@@ -124,7 +124,8 @@ def _add_predict(sub) -> None:
         type=Path,
         required=True,
         metavar="TABLE",
-        help="output table: .fits, .csv, .ecsv, .h5 or .hdf5",
+        help="output table: .fits, .csv, .ecsv, .h5 or .hdf5; or a .zarr store for "
+        "one large zarr/HDF5 INPUT store, labelled chunk by chunk (rerun to resume)",
     )
     p.add_argument(
         "--visits",

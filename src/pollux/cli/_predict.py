@@ -46,6 +46,18 @@ def predict(
     progress: bool,
 ) -> int:
     suffix = out.suffix.lower()
+    if suffix == ".zarr":
+        return _predict_store(
+            model_path,
+            inputs,
+            out,
+            cache=cache,
+            batch_size=batch_size,
+            extra_err=extra_err,
+            clip=clip,
+            keys=keys,
+            progress=progress,
+        )
     if suffix not in TABLE_FORMATS:
         msg = (
             f"--out {str(out)!r}: unknown table format {suffix!r}; use one of "
@@ -113,6 +125,46 @@ def predict(
         f"{t_read:.2f} s; compiling or loading compiled code {compile_s():.2f} s; "
         f"JAX on {jax.default_backend()}); {flagged} flagged. Table: {out}"
     )
+    return 0
+
+
+def _predict_store(
+    model_path: Path,
+    inputs: list[Path],
+    out: Path,
+    *,
+    cache: bool,
+    batch_size: int,
+    extra_err: float,
+    clip: float | None,
+    keys: dict[str, str | None],
+    progress: bool,
+) -> int:
+    """One zarr/HDF5 store of flux and errors → a zarr store of results, chunk by
+    chunk (`pollux.streaming.label_store`); an existing output is resumed."""
+    if len(inputs) != 1:
+        msg = "--out *.zarr labels one zarr or HDF5 store of spectra: give one INPUT"
+        raise UsageError(msg)
+    if keys.get("wavelength_key"):
+        msg = "--wavelength-key: a store is labelled on the model's own grid"
+        raise UsageError(msg)
+    t0 = time.perf_counter()
+    trained = load_model(model_path, cache=cache)
+    from ..streaming import label_store
+
+    label_store(
+        trained,
+        inputs[0],
+        out,
+        flux_key=keys.get("flux_key") or "flux",
+        err_key=keys.get("err_key") or "err",
+        chunk_size=batch_size,
+        extra_err=extra_err or None,
+        clip=clip,
+        resume=True,
+        progress=progress,
+    )
+    print(f"Labelled {inputs[0]} in {time.perf_counter() - t0:.1f} s. Store: {out}")
     return 0
 
 
