@@ -795,6 +795,21 @@ def test_report_on_spectra_writes_figures(trained, tmp_path, capsys):
         assert png.read_bytes()[:8] == PNG_MAGIC, png
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stars"] == 6 and summary["flagged"] >= 0
+    # --overwrite replaces the folder: no stale file survives, no temporary left
+    (out / "stale.png").write_bytes(PNG_MAGIC)
+    rc, _, err = _run(
+        capsys,
+        "report",
+        trained.path,
+        spectra,
+        "--out",
+        out,
+        "--no-cache",
+        "--overwrite",
+    )
+    assert rc == 0, err
+    assert not (out / "stale.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "s.npz"]
 
 
 def test_report_with_reference_labels(trained, tmp_path, capsys):

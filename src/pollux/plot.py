@@ -32,6 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
 
+from ._params import check_positive_int
+
 __all__ = [
     "label_comparison",
     "latent_corner",
@@ -138,17 +140,6 @@ def _names(names: Any, n: int, call: str) -> list[str]:
         msg = f"{call}(names=...): expected {n} names (one per label), got {len(out)}"
         raise ValueError(msg)
     return [str(name) for name in out]
-
-
-def _positive_int(x: Any, name: str, call: str) -> int:
-    """``x`` as a positive integer, or `TypeError` / `ValueError`."""
-    if isinstance(x, bool) or not isinstance(x, int | np.integer):
-        msg = f"{call}({name}=...): expected an integer, got {type(x).__name__}"
-        raise TypeError(msg)
-    if x < 1:
-        msg = f"{call}({name}=...): expected a positive integer, got {x}"
-        raise ValueError(msg)
-    return int(x)
 
 
 def _output(path: Any, title: Any, call: str) -> Path | None:
@@ -379,7 +370,7 @@ def residuals_vs_snr(
     ref = _like(reference, "reference", pred.shape, "predicted", call)
     snr_ = _like(snr, "snr", pred.shape[:1], "the rows of predicted", call)
     labels = _names(names, pred.shape[1], call)
-    bins = _positive_int(n_bins, "n_bins", call)
+    bins = check_positive_int(n_bins, f"{call}(n_bins=...)")
 
     fig, axes = _panels(len(labels), 4.2, 3.2, title)
     snr_ok = np.isfinite(snr_) & (snr_ > 0)
@@ -708,7 +699,7 @@ def residual_spectra(
         x = _like(wavelength, "wavelength", (n_pix,), "the columns of flux", call)
         xlabel = "wavelength"
     if ids is None:
-        count = min(n_stars, _positive_int(max_stars, "max_stars", call))
+        count = min(n_stars, check_positive_int(max_stars, f"{call}(max_stars=...)"))
         rows = np.unique(np.linspace(0, n_stars - 1, count).round().astype(int))
     else:
         rows = np.atleast_1d(np.asarray(ids))
@@ -821,7 +812,7 @@ def latent_corner(
     if color_label is not None and not isinstance(color_label, str):
         msg = f"{call}(color_label=...): expected a string, got {type(color_label).__name__}"
         raise TypeError(msg)
-    n_dims = min(z.shape[1], _positive_int(max_dims, "max_dims", call))
+    n_dims = min(z.shape[1], check_positive_int(max_dims, f"{call}(max_dims=...)"))
 
     ok = np.all(np.isfinite(z[:, :n_dims]), axis=1)
     colour: dict[str, Any] = {}

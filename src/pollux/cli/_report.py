@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,28 @@ def write_report(
     ``max_stars`` of them and their latents. With reference labels too:
     predicted against reference labels, residuals against SNR, z-scores.
     """
+    final, out = out, out.with_name(f".{out.name}.partial")
+    shutil.rmtree(out, ignore_errors=True)
+    try:
+        written = _write_figures(trained, flux, flux_err, reference, out, max_stars)
+        shutil.rmtree(final, ignore_errors=True)  # --overwrite: no stale figures
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return [final / p.name for p in written]
+
+
+def _write_figures(
+    trained: Any,
+    flux: np.ndarray | None,
+    flux_err: np.ndarray | None,
+    reference: tuple[np.ndarray, np.ndarray | None] | None,
+    out: Path,
+    max_stars: int,
+) -> list[Path]:
     from .. import plot
 
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     result, lux = trained.result, trained.lux
     plot.loss_curve(result, path=out / "loss_curve.png")
     written = [out / "loss_curve.png"]
