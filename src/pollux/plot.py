@@ -622,13 +622,16 @@ def scatter_vs_wavelength(
     ax = fig.add_subplot()
     ys = (scatter,) if reported is None else (scatter, reported)
     x_line, *y_lines = _line(x, *ys)
-    ax.plot(x_line, y_lines[0], color="C0", lw=0.8, label="extra scatter s")
+    # dots: the scatter of neighbouring pixels is unrelated
+    ax.plot(x_line, y_lines[0], ".", color="C0", ms=2, label="extra scatter s")
     if reported is not None:
         ax.plot(x_line, y_lines[1], color="C1", lw=0.8, label="median reported error")
         ax.legend(loc="upper right", fontsize="small")
     shown = np.concatenate([y[np.isfinite(y)] for y in ys])
     if shown.size and np.all(shown > 0) and _spans_decades(shown):
         ax.set_yscale("log")
+        # values 10^4 below the largest are zero for the eye: they sit on the axis
+        ax.set_ylim(bottom=max(shown.min(), 1e-4 * shown.max()) / 2)
     ax.set(xlabel=xlabel, ylabel="flux scatter")
     ok = np.isfinite(x) & np.isfinite(scatter)
     _annotate(ax, [_counts(int(np.sum(ok)), int(np.sum(~ok)), "pixels")])
