@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from ._params import check_positive_int
 from .models.trained import TrainedModel, load
 
 __all__ = ["label_store"]
@@ -130,7 +131,7 @@ def label_store(
         teff, flags = table["TEFF"][:], table["FLAG"][:]
     """
     call = "label_store"
-    chunk_size = _check_chunk_size(chunk_size, call)
+    chunk_size = check_positive_int(chunk_size, f"{call}(chunk_size=...)")
     extra_err = _check_number(extra_err, "extra_err", call, positive=False)
     clip = _check_number(clip, "clip", call, positive=True)
     for name, flag in (("resume", resume), ("progress", progress)):
@@ -190,16 +191,6 @@ def label_store(
             group = _create(out, attrs)
         _run(trained, group, attrs, flux_arr, err_arr, progress)
     return out
-
-
-def _check_chunk_size(chunk_size: Any, call: str) -> int:
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)):
-        msg = f"{call}(chunk_size=...): expected a positive int, got {chunk_size!r}"
-        raise TypeError(msg)
-    if chunk_size <= 0:
-        msg = f"{call}(chunk_size=...): expected a positive int, got {chunk_size}"
-        raise ValueError(msg)
-    return int(chunk_size)
 
 
 def _check_number(value: Any, name: str, call: str, *, positive: bool) -> float | None:
