@@ -77,11 +77,11 @@ def detect_format(path: Path, call: str) -> str:
 def file_masks(
     flux: np.ndarray, err: np.ndarray, call: str, path: Path
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Flux and err with the readers' masking rule applied (NaN / inf).
+    """Flux and err of a file as float64 copies, checked with the file's name.
 
-    A pixel is masked when its flux is zero or not finite, or its error is zero or
-    not finite (NaN errors mean "no data" in many files). Negative errors are
-    refused.
+    Refuses mismatched shapes and negative errors, and marks zero flux (a file's
+    "no data") missing; `Spectra` then masks every non-finite value and zero or
+    non-finite error (NaN errors mean "no data" in many files).
     """
     flux = np.array(flux, dtype=np.float64)
     err = np.array(err, dtype=np.float64)
@@ -93,7 +93,5 @@ def file_masks(
     )
     n_neg = int(np.sum(err < 0))
     require(n_neg == 0, call, path, f"has {n_neg} negative errors")
-    masked = (flux == 0) | ~np.isfinite(flux) | (err == 0) | ~np.isfinite(err)
-    flux[masked] = np.nan
-    err[masked] = np.inf
+    flux[flux == 0] = np.nan
     return flux, err

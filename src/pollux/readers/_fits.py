@@ -122,9 +122,7 @@ def _masked(flux, err, bitmask, call, path) -> tuple[np.ndarray, np.ndarray]:
             path,
             "has a bitmask of another shape than its flux",
         )
-        bad = (bitmask.astype(np.int64) & BAD_PIXMASK) != 0
-        flux[bad] = np.nan
-        err[bad] = np.inf
+        flux[(bitmask.astype(np.int64) & BAD_PIXMASK) != 0] = np.nan  # see Spectra
     return flux, err
 
 
