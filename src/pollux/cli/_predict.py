@@ -228,11 +228,8 @@ def _write_table(columns: dict[str, np.ndarray], out: Path) -> None:
 
 
 def info(model_path: Path) -> int:
-    from ..models import model_file_info
-
-    manifest = model_file_info(model_path)
     trained = load_model(model_path, cache=False)
-    result, lux = trained.result, trained.lux
+    manifest, result, lux = trained.info, trained.result, trained.lux
     print(f"{model_path}")
     print(
         f"  format {manifest['format_version']}, written by pollux "

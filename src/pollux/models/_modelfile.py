@@ -189,10 +189,10 @@ def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
         payload = decode(manifest["payload"], arrays)
         if not isinstance(payload, dict) or not {"model", "result"} <= set(payload):
             raise FileFormatError("the payload lacks the model or the result")
-        payload["x64"] = bool(manifest.get("x64", False))
         payload["info"] = {
             k: manifest.get(k) for k in ("format_version", "pollux_version", "created")
         }
+        payload["info"]["x64"] = bool(manifest.get("x64", False))
         return payload
     except FileFormatError as err:
         msg = f"{where} is damaged or was not written by pollux: {err}"

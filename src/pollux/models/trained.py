@@ -283,7 +283,8 @@ class TrainedModel:
         Names of each output's dimensions; wavelength grids of spectral outputs;
         ``{output: {"min": ..., "max": ...}}`` of the training data.
     info
-        ``format_version``, ``pollux_version`` and ``created`` of the file.
+        ``format_version``, ``pollux_version``, ``created`` and ``x64`` (fit in
+        double precision) of the file.
     """
 
     model: LuxModel | CannonModel
@@ -610,7 +611,7 @@ def load(path: Any) -> TrainedModel:
     """
     payload = read_model_file(path)
     where = f"pollux.load: {os.fspath(path)!r}"
-    if payload["x64"] and not jax.config.jax_enable_x64:
+    if payload["info"]["x64"] and not jax.config.jax_enable_x64:
         warnings.warn(
             f"{where} holds float64 arrays but JAX runs in float32; enable "
             "jax_enable_x64 before loading for the same numbers as when it was saved",
