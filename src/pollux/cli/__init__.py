@@ -89,6 +89,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_visits(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--visits",
+        choices=("combined", "all"),
+        default="combined",
+        help="apStar files: the combined spectrum or every visit (default: %(default)s)",
+    )
+
+
 def _add_train(sub) -> None:
     p = sub.add_parser(
         "train",
@@ -127,12 +136,7 @@ def _add_predict(sub) -> None:
         help="output table: .fits, .csv, .ecsv, .h5 or .hdf5; or a .zarr store for "
         "one large zarr/HDF5 INPUT store, labelled chunk by chunk (rerun to resume)",
     )
-    p.add_argument(
-        "--visits",
-        choices=("combined", "all"),
-        default="combined",
-        help="apStar files: the combined spectrum or every visit (default: %(default)s)",
-    )
+    _add_visits(p)
     p.add_argument("--flux-key", help="array files: name of the flux array")
     p.add_argument("--err-key", help="array files: name of the error array")
     p.add_argument("--wavelength-key", help="array files: name of the wavelengths")
@@ -195,9 +199,7 @@ def _add_report(sub) -> None:
         help="reference labels of the INPUT spectra (FITS/CSV/ECSV table)",
     )
     p.add_argument("--id-column", help="column of --labels matching the spectra ids")
-    p.add_argument(
-        "--visits", choices=("combined", "all"), default="combined", help="apStar rows"
-    )
+    _add_visits(p)
     _common(p)
 
 
