@@ -11,6 +11,7 @@ import pollux as plx
 from pollux.models.trained import TrainedModel
 from pollux.models.transforms import LinearTransform
 from pollux.streaming import FORMAT, label_store
+from tests.conftest import make_data
 
 N_FLUX = 8
 N = 250
@@ -21,21 +22,7 @@ COLUMNS += ["REDUCED_CHI2", "N_OBSERVED", "N_CLIPPED", "FLAG", "FLAG_REASON"]
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    obs, _ = plx.datasets.make_simulated_linear_data(
-        n_stars=120, n_latents=2, n_labels=2, n_flux=N_FLUX, rng=0
-    )
-    data = plx.data.PolluxData(
-        flux=plx.data.OutputData(
-            obs["flux"],
-            err=obs["flux_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["flux"]),
-        ),
-        label=plx.data.OutputData(
-            obs["label"],
-            err=obs["label_err"],
-            preprocessor=plx.data.ShiftScalePreprocessor.from_data(obs["label"]),
-        ),
-    )
+    data, _, _ = make_data(n_stars=120, n_flux=N_FLUX)
     model = plx.LuxModel(latent_size=2)
     model.register_output("flux", LinearTransform(output_size=N_FLUX))
     model.register_output("label", LinearTransform(output_size=2))
