@@ -132,9 +132,6 @@ def _compiled_texts():
         "predictive": core.predictive.lower(
             mean, cov, p["A"], p["b"], p["s"] ** 2, None
         ),
-        "row_covariances": core.row_covariances.lower(
-            problem.specs[0], block, p, mean, cov, problem.ridges[0]
-        ),
     }
     lowered.update(_vem_lowered(block, n, k))
     return {name: low.compile().as_text() for name, low in lowered.items()}

@@ -341,7 +341,6 @@ def _jitted():
         "pca": core.pca_latents,
         "posterior_moments": core.posterior_moments,
         "predictive": core.predictive,
-        "row_covariances": core.row_covariances,
     }
 
 

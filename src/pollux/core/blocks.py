@@ -11,19 +11,45 @@ __all__ = ["Block", "gaussian_loglike", "make_block"]
 
 
 class Block(NamedTuple):
-    """One output in kernel form; missing entries have ``mask`` False and ``y`` 0."""
+    """One output in kernel form: the caller's arrays, not copies of them.
 
-    y: Float[Array, "n_stars n_dim"]
-    err2: Float[Array, "n_stars n_dim"]
-    mask: Bool[Array, "n_stars n_dim"]
+    ``values`` are NaN where missing and ``errors`` (standard deviations; None:
+    no reported errors) infinite or NaN where missing. The kernels read the
+    derived ``mask``, ``y`` (0 where missing) and ``err2`` (0 where missing),
+    which XLA computes inside each fused loop (or chunk) instead of storing three
+    more ``(N, D)`` arrays.
+    """
+
+    values: Float[Array, "n_stars n_dim"]
+    errors: Float[Array, "n_stars n_dim"] | None
+
+    @property
+    def mask(self) -> Bool[Array, "n_stars n_dim"]:
+        """Observed entries."""
+        observed = ~jnp.isnan(self.values)
+        if self.errors is None:
+            return observed
+        return observed & jnp.isfinite(self.errors)
+
+    @property
+    def y(self) -> Float[Array, "n_stars n_dim"]:
+        """Values, zero where missing."""
+        return jnp.where(self.mask, self.values, 0.0)
+
+    @property
+    def err2(self) -> Float[Array, "n_stars n_dim"]:
+        """Squared errors, zero where missing (all zero without errors)."""
+        if self.errors is None:
+            return jnp.zeros_like(self.values)
+        return jnp.where(self.mask, jnp.square(self.errors), 0.0)
 
 
 def make_block(
     y: Float[ArrayLike, "n_stars n_dim"], err: Float[ArrayLike, "n_stars n_dim"] | None
 ) -> Block:
-    """Masked arrays for the likelihood: NaN data or infinite error -> missing.
-
-    ``err=None`` means no reported errors (variance zero, only an extra scatter).
+    """A `Block` of arrays (no copy when they are already arrays of the dtype of
+    ``y``): NaN data or non-finite error -> missing; ``err=None`` means no
+    reported errors (variance zero, only an extra scatter).
 
     >>> import numpy as np
     >>> b = make_block(np.array([[1.0, np.nan]]), np.array([[0.5, 0.5]]))
@@ -31,14 +57,7 @@ def make_block(
     ([[1.0, 0.0]], [[0.25, 0.0]], [[True, False]])
     """
     y = jnp.asarray(y)
-    mask = ~jnp.isnan(y)
-    if err is None:
-        err2 = jnp.zeros_like(y)
-    else:
-        err = jnp.asarray(err)
-        mask = mask & jnp.isfinite(err)
-        err2 = jnp.where(mask, err**2, 0.0).astype(y.dtype)
-    return Block(jnp.where(mask, y, 0.0), err2, mask)
+    return Block(y, None if err is None else jnp.asarray(err, y.dtype))
 
 
 def gaussian_loglike(

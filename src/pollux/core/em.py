@@ -1,22 +1,37 @@
 r"""Closed-form EM for outputs affine in the latents (heteroscedastic factor analysis).
 
-One iteration, for parameters :math:`\theta = \{W_o, b_o, s_o\}`:
+One iteration (a *sweep*), for parameters :math:`\theta = \{W_o, b_o, s_o\}`:
 
 1. **E-step** — the exact Gaussian posterior :math:`(\mu_n, \Sigma_n)` of every star's
    latents (`latent_posterior`), which also yields the objective
    :math:`-\log p(y\mid\theta) - \log p(\theta)` at the current :math:`\theta`.
-2. **M-step** for :math:`(W_o, b_o)` — row-wise ridge solves (`m_step_affine`).
-3. **s-step** — each free extra scatter (`s_step`).
+2. **M-step** for :math:`(W_o, b_o)` — row-wise ridge solves (`solve_affine`) on
+   sufficient statistics summed over the stars.
+3. **s-step** — each free extra scatter (`pollux.core.sstep`).
 
 Every step maximises the expected complete-data log posterior given the previous
 steps, so the objective never increases (generalised EM). `em_chunk` runs several
 iterations (or SQUAREM cycles) in one compiled loop.
+
+The data are read in chunks of ``problem.chunk_size`` stars (`pollux.core.chunks`),
+in at most three passes per sweep:
+
+A. the posterior, the objective and the M-step statistics (`affine_stats`) of each
+   chunk — two products over packed triangles, :math:`(C{\times}D)\cdot(D{\times}T)`
+   and :math:`(D{\times}C)\cdot(C{\times}T)` with :math:`T = K(K+1)/2` (+ the offset);
+B. with the new :math:`(W, b)`: the expected squared residuals and `s_sums`;
+C. the s-step objective at the Newton candidate (`s_value`), recomputing those
+   residuals (one more product; cheaper than keeping an :math:`(N, D)` array).
+
+Passes B and C run only for outputs with a free scatter. Nothing of size
+:math:`(N, D)` is kept beyond the data; what is kept per star is
+:math:`(\mu_n, \Sigma_n)`.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,10 +39,17 @@ from jaxtyping import Array, Float
 
 from .._params import SCATTER
 from .blocks import gaussian_loglike
-from .mstep import expected_sq_resid, m_step_affine
+from .chunks import Accumulator, fold_chunks, put_rows, take_block, take_rows
+from .mstep import (
+    affine_stats,
+    expected_sq_resid,
+    row_covariances,
+    solve_affine,
+    zero_stats,
+)
 from .posterior import PosteriorStats, latent_posterior, precisions
 from .problem import EMProblem
-from .sstep import s_step
+from .sstep import SSums, s_candidates, s_floor, s_select, s_sums, s_value
 
 __all__ = [
     "em_chunk",
@@ -56,66 +78,176 @@ def _neg_log_prior(problem: EMProblem, params: Params) -> Array:
     return total
 
 
-def _evaluate(problem: EMProblem, params: Params) -> tuple[PosteriorStats, Array]:
-    """Latent posterior (or the fixed latents) and the data term of the objective."""
-    z = problem.fixed_latents
-    if z is None:
-        post = latent_posterior(
-            problem.blocks,
-            tuple(p["A"] for p in params),
-            tuple(p["b"] for p in params),
-            tuple(
-                spec.scatter2(p) for spec, p in zip(problem.specs, params, strict=True)
-            ),
+def _chunk_size(problem: EMProblem) -> int:
+    n = problem.blocks[0].y.shape[0]
+    return n if problem.chunk_size is None else min(problem.chunk_size, n)
+
+
+class _Pass(NamedTuple):
+    """What pass A returns: the posterior of every star, the data term of the
+    objective, and the M-step statistics of every output."""
+
+    mean: Float[Array, "n k"]
+    cov: Float[Array, "n k k"] | None
+    nll: Array
+    stats: tuple[tuple[Array, ...], ...]
+
+
+def _posterior_pass(
+    problem: EMProblem,
+    params: Params,
+    latents: Array | None = None,
+    unweighted: bool = False,
+) -> _Pass:
+    """Pass A over the chunks of stars at ``params``.
+
+    ``latents`` (else ``problem.fixed_latents``) replaces the posterior by fixed
+    latents; ``unweighted`` weighs every observed value by one (the start-value
+    regression), without an objective.
+    """
+    blocks = problem.blocks
+    n, size = blocks[0].y.shape[0], _chunk_size(problem)
+    dtype = blocks[0].y.dtype
+    k = params[0]["A"].shape[1]
+    Ws = tuple(p["A"] for p in params)
+    bs = tuple(p["b"] for p in params)
+    s2s = tuple(spec.scatter2(p) for spec, p in zip(problem.specs, params, strict=True))
+    z = problem.fixed_latents if latents is None else latents
+
+    def chunk_terms(chunk, mean, cov):
+        weights = (
+            (b.mask.astype(dtype) for b in chunk)
+            if unweighted
+            else (precisions(b, s2) for b, s2 in zip(chunk, s2s, strict=True))
         )
-        return post, post.neg_log_marginal
-    nll = jnp.zeros(())
-    for spec, p, block in zip(problem.specs, params, problem.blocks, strict=True):
-        pred = z @ p["A"].T + p["b"]
-        nll = nll - gaussian_loglike(block, pred, p[SCATTER] if spec.has_s else None)
-    return PosteriorStats(z, None, nll), nll
-
-
-def _objective(problem: EMProblem, params: Params) -> tuple[PosteriorStats, Array]:
-    post, nll = _evaluate(problem, params)
-    return post, nll + _neg_log_prior(problem, params)
-
-
-def _update_output(spec, block, prior, ridge, lam, mean, cov, p):
-    """New ``(W, b)`` for weights ``lam``, then the s-step, for one output."""
-    W, b = m_step_affine(spec, block, lam, mean, cov, p["A"], p["b"], ridge)
-    q = dict(p, A=W, b=b)
-    if spec.has_s and spec.s_free:
-        e = expected_sq_resid(block, mean, cov, W, b)
-        q[SCATTER] = s_step(
-            block, e, p[SCATTER], prior[SCATTER], scalar=spec.s_kind == "scalar"
+        return tuple(
+            affine_stats(spec, block, lam, mean, cov, W, b)
+            for spec, block, lam, W, b in zip(
+                problem.specs, chunk, weights, Ws, bs, strict=True
+            )
         )
-    return q
 
+    def body(start, valid, carry):
+        mean_all, cov_all, acc = carry
+        chunk = tuple(take_block(b, start, size, valid) for b in blocks)
+        if z is None:
+            mean, cov, nll = latent_posterior(chunk, Ws, bs, s2s)
+            mean_all = put_rows(mean_all, mean, start, valid)
+            cov_all = put_rows(cov_all, cov, start, valid)
+        else:
+            mean, cov = take_rows(z, start, size), None
+            nll = jnp.zeros((), dtype)
+            if not unweighted:
+                for spec, block, W, b, p in zip(
+                    problem.specs, chunk, Ws, bs, params, strict=True
+                ):
+                    s = p[SCATTER] if spec.has_s else None
+                    nll = nll - gaussian_loglike(block, mean @ W.T + b, s)
+        return mean_all, cov_all, acc.add((nll, chunk_terms(chunk, mean, cov)))
 
-def _m_steps(problem: EMProblem, params: Params, post: PosteriorStats) -> Params:
-    """M-step for ``(W, b)`` then the s-step, for every output."""
-    return tuple(
-        _update_output(
-            spec,
-            block,
-            prior,
-            ridge,
-            precisions(block, spec.scatter2(p)),
-            post.mean,
-            post.cov,
-            p,
-        )
-        for (spec, block, prior, ridge), p in zip(
-            problem.outputs(), params, strict=True
-        )
+    zeros = tuple(
+        zero_stats(spec, W.shape[0], k, dtype)
+        for spec, W in zip(problem.specs, Ws, strict=True)
     )
+    init = (
+        jnp.zeros((n, k), dtype) if z is None else None,
+        jnp.zeros((n, k, k), dtype) if z is None else None,
+        Accumulator.zeros((jnp.zeros((), dtype), zeros)),
+    )
+    mean, cov, acc = fold_chunks(body, n, size, init)
+    nll, stats = acc.total
+    return _Pass(mean if z is None else z, cov, nll, stats)
+
+
+def _s_steps(
+    problem: EMProblem,
+    floors: tuple[Array | None, ...],
+    params: Params,
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+) -> Params:
+    """The s-step of every output with a free scatter, for the posterior
+    ``(mean, cov)`` and the new ``(W, b)`` in ``params`` (passes B and C)."""
+    free = [i for i, spec in enumerate(problem.specs) if spec.has_s and spec.s_free]
+    if not free:
+        return params
+    n, size = mean.shape[0], _chunk_size(problem)
+    scalar = {i: problem.specs[i].s_kind == "scalar" for i in free}
+    priors = {i: problem.priors[i][SCATTER] for i in free}
+    t0 = {i: jnp.maximum(jnp.square(params[i][SCATTER]), floors[i]) for i in free}
+
+    def fold(terms, init):
+        """Sum ``terms(i, block, e)`` of every free output over the chunks."""
+
+        def body(start, valid, acc):
+            m = take_rows(mean, start, size)
+            c = None if cov is None else take_rows(cov, start, size)
+            out = []
+            for i in free:
+                block = take_block(problem.blocks[i], start, size, valid)
+                p = params[i]
+                e = expected_sq_resid(block, m, c, p["A"], p["b"])
+                out.append(terms(i, block, e))
+            return acc.add(tuple(out))
+
+        return fold_chunks(body, n, size, Accumulator.zeros(init)).total
+
+    def zeros(i):
+        d = params[i]["A"].shape[0]
+        return jnp.zeros((), mean.dtype) if scalar[i] else jnp.zeros(d, mean.dtype)
+
+    sums = fold(
+        lambda i, block, e: s_sums(block, e, t0[i], scalar[i]),
+        tuple(SSums(*[zeros(i)] * 5) for i in free),
+    )
+    cands = [
+        s_candidates(sm, t0[i], priors[i], floors[i])
+        for i, sm in zip(free, sums, strict=True)
+    ]
+    newton = {i: c[0] for i, c in zip(free, cands, strict=True)}
+    values = fold(
+        lambda i, block, e: s_value(block, e, newton[i], scalar[i]),
+        tuple(zeros(i) for i in free),
+    )
+    new = list(params)
+    for i, sm, (nt, em_t), value in zip(free, sums, cands, values, strict=True):
+        s = s_select(sm, value, t0[i], nt, em_t, priors[i], floors[i])
+        new[i] = dict(params[i], **{SCATTER: s})
+    return tuple(new)
+
+
+def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
+    """`s_floor` of each output with a free scatter (a constant of the data)."""
+    return tuple(
+        s_floor(block) if spec.has_s and spec.s_free else None
+        for spec, block in zip(problem.specs, problem.blocks, strict=True)
+    )
+
+
+def _solve(problem: EMProblem, params: Params, stats) -> Params:
+    """The M-step: new ``(W, b)`` of every output from its statistics."""
+    out = []
+    for spec, ridge, p, st in zip(
+        problem.specs, problem.ridges, params, stats, strict=True
+    ):
+        W, b = solve_affine(spec, st, ridge, p["A"], p["b"])
+        out.append(dict(p, A=W, b=b))
+    return tuple(out)
+
+
+def _sweep(
+    problem: EMProblem, floors: tuple[Array | None, ...], params: Params
+) -> tuple[Params, Array]:
+    """One EM sweep: the new parameters and the objective at the old ones."""
+    a = _posterior_pass(problem, params)
+    loss = a.nll + _neg_log_prior(problem, params)
+    new = _solve(problem, params, a.stats)
+    return _s_steps(problem, floors, new, a.mean, a.cov), loss
 
 
 def em_iteration(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     """One EM sweep: returns the new parameters and the objective at the old ones."""
-    post, loss = _objective(problem, params)
-    return _m_steps(problem, params, post), loss
+    return _sweep(problem, _floors(problem), params)
 
 
 def squarem_point(p0: Any, p1: Any, p2: Any) -> Any:
@@ -137,23 +269,40 @@ def positive_scatter(params: Params) -> Params:
     )
 
 
-def _squarem_cycle(problem: EMProblem, params: Params) -> tuple[Params, Array]:
+def _select(pred: Array, a: Any, b: Any) -> Any:
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _squarem_cycle(
+    problem: EMProblem, floors: tuple[Array | None, ...], params: Params
+) -> tuple[Params, Array]:
     """EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
 
     From ``p0``: ``p1 = M(p0)``, ``p2 = M(p1)``, ``r = p1 - p0``, ``v = p2 - 2 p1 + p0``
     and ``p' = p0 - 2αr + α²v`` with ``α = -|r|/|v|`` (at most -1). The cycle ends
     at ``M(p')`` when the objective at ``p'`` is no worse than at ``p1``, else at
     ``p2`` (plain EM); either way the objective never increases.
+
+    The three sweeps are one loop over a single traced sweep, whose input is
+    ``p0``, ``p1`` or the extrapolated point.
     """
-    p1, loss0 = em_iteration(problem, params)
-    p2, loss1 = em_iteration(problem, p1)
-    extrap = positive_scatter(squarem_point(params, p1, p2))
-    post_ext, loss_ext = _objective(problem, extrap)
-    ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
-    from_ext = _m_steps(problem, extrap, post_ext)
-    # Both candidates are computed and one selected (a select, no nested branch).
-    new = jax.tree.map(lambda a, b_: jnp.where(ok, a, b_), from_ext, p2)
-    return new, loss0
+
+    def body(i, carry):
+        p1, p2, p3, losses = carry
+        extrap = positive_scatter(squarem_point(params, p1, p2))
+        x = _select(i == 0, params, _select(i == 1, p1, extrap))
+        new, loss = _sweep(problem, floors, x)
+        return (
+            _select(i == 0, new, p1),
+            _select(i == 1, new, p2),
+            _select(i == 2, new, p3),
+            losses.at[i].set(loss),
+        )
+
+    losses = jnp.zeros(3, problem.blocks[0].y.dtype)
+    _, p2, p3, losses = jax.lax.fori_loop(0, 3, body, (params, params, params, losses))
+    ok = jnp.isfinite(losses[2]) & (losses[2] <= losses[1])
+    return _select(ok, p3, p2), losses[0]
 
 
 def run_until_settled(
@@ -204,16 +353,32 @@ def em_chunk(
     Returns the parameters, the objective at the start of each iteration (NaN past
     the last), the number of iterations run and whether it converged.
     """
-    iteration = _squarem_cycle if accelerate else em_iteration
+    iteration = _squarem_cycle if accelerate else _sweep
     return run_until_settled(
-        partial(iteration, problem), params, prev_loss, threshold, max_steps, n_steps
+        partial(iteration, problem, _floors(problem)),
+        params,
+        prev_loss,
+        threshold,
+        max_steps,
+        n_steps,
     )
 
 
 @jax.jit
-def final_state(problem: EMProblem, params: Params) -> tuple[PosteriorStats, Array]:
-    """Posterior and objective at the final parameters."""
-    return _objective(problem, params)
+def final_state(
+    problem: EMProblem, params: Params
+) -> tuple[PosteriorStats, Array, tuple[Array, ...]]:
+    """Posterior and objective at the final parameters, and the covariance of
+    each output's rows (`row_covariances`), from one pass over the data."""
+    a = _posterior_pass(problem, params)
+    row_covs = tuple(
+        row_covariances(spec, st, ridge, p["A"])
+        for spec, st, ridge, p in zip(
+            problem.specs, a.stats, problem.ridges, params, strict=True
+        )
+    )
+    loss = a.nll + _neg_log_prior(problem, params)
+    return PosteriorStats(a.mean, a.cov, a.nll), loss, row_covs
 
 
 @jax.jit
@@ -222,20 +387,10 @@ def initialize(
 ) -> Params:
     """Start values of every output whose ``A`` is free: an unweighted regression
     on the given latents, then the scatter that its residuals call for."""
+    a = _posterior_pass(problem, params, latents=latents, unweighted=True)
+    new = _solve(problem, params, a.stats)
+    new = _s_steps(problem, _floors(problem), new, latents, None)
     return tuple(
-        _update_output(
-            spec,
-            block,
-            prior,
-            ridge,
-            block.mask.astype(block.y.dtype),
-            latents,
-            None,
-            p,
-        )
-        if spec.A_free
-        else p
-        for (spec, block, prior, ridge), p in zip(
-            problem.outputs(), params, strict=True
-        )
+        q if spec.A_free else p
+        for spec, p, q in zip(problem.specs, params, new, strict=True)
     )

@@ -200,10 +200,21 @@ def sym_pack(
 
 
 def sym_unpack(P: Float[Array, "... t"], m: int) -> Float[Array, "... m m"]:
-    """Symmetric matrices from their `sym_pack` upper triangles."""
+    """Symmetric matrices from their `sym_pack` upper triangles (a gather).
+
+    >>> sym_unpack(jnp.array([1.0, 2.0, 3.0]), 2).tolist()
+    [[1.0, 2.0], [2.0, 3.0]]
+    """
+    return P[..., _unpack_index(m)]
+
+
+@cache
+def _unpack_index(m: int) -> np.ndarray:
+    """``(m, m)`` positions in the `sym_pack` triangle of each matrix entry."""
+    index = np.zeros((m, m), int)
     i, j = np.triu_indices(m)
-    X = jnp.zeros((*P.shape[:-1], m, m), P.dtype)
-    return X.at[..., i, j].set(P).at[..., j, i].set(P)
+    index[i, j] = index[j, i] = np.arange(len(i))
+    return index
 
 
 def outer_packed(theta: Float[Array, "d m"]) -> Float[Array, "d t"]:

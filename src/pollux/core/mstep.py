@@ -8,29 +8,34 @@ For each output dimension :math:`d` the rows :math:`\tilde w_d = (W_d, b_d)` sol
     = \sum_n \lambda_{nd}\, y_{nd}\, E[\tilde z_n] + T_d m_d,
 
 with :math:`\tilde z = (z, 1)` and a Normal(:math:`m_d`, :math:`T_d^{-1/2}`) prior
-(ridge) on the row. The :math:`(D, K^2)` left-hand sides are one
-:math:`(D{\times}N)\cdot(N{\times}K^2)` product; no :math:`(N, D, K)` array is formed.
+(ridge) on the row. The data enter only through the sufficient statistics
+(`affine_stats`): the :math:`(D, K(K+1)/2)` packed upper triangles of the left-hand
+sides are one :math:`(D{\times}N)\cdot(N{\times}K(K+1)/2)` product, and sums of
+them over chunks of stars are the statistics of all the stars; no :math:`(N, D, K)`
+array is formed.
 """
 
 from __future__ import annotations
-
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .blocks import Block
+from .features import sym_pack, sym_unpack
 from .linalg import cho_solve, cholesky, inverse_from_cholesky
-from .posterior import outer_rows, precisions, second_moments
+from .posterior import cov_quadratic_form, second_moments
 from .problem import OutputSpec
 
 __all__ = [
+    "affine_stats",
     "expected_sq_resid",
     "m_step_affine",
     "normal_equations",
     "ridge_solve",
     "row_covariances",
+    "solve_affine",
+    "zero_stats",
 ]
 
 Ridge = dict[str, tuple[Array, Array]]
@@ -51,24 +56,49 @@ def ridge_solve(G: Float[Array, "d m m"], c: Array) -> Array:
     return cho_solve(_ridge_cholesky(G), c)
 
 
-def normal_equations(
+def affine_stats(
     spec: OutputSpec,
     block: Block,
     lam: Float[Array, "n d"],
     mean: Float[Array, "n k"],
     cov: Float[Array, "n k k"] | None,
+    W: Float[Array, "d k"],
     b: Float[Array, " d"],
-    ridge: Ridge,
+) -> tuple[Array, ...]:
+    """The M-step's sufficient statistics of these stars (sums over them).
+
+    A free ``A``: the packed normal matrices ``Σ λ E[z̃z̃ᵀ]`` ``(d, m(m+1)/2)`` and
+    right-hand sides ``Σ λ y E[z̃]`` ``(d, m)``. Only ``b`` free: ``Σ λ (y - W z)``
+    and ``Σ λ``. Nothing free: ``()``.
+    """
+    if spec.A_free:
+        first, second = second_moments(mean, cov, with_one=spec.solve_b)
+        y = block.y if spec.solve_b else jnp.where(block.mask, block.y - b, 0.0)
+        return lam.T @ sym_pack(second), (lam * y).T @ first
+    if spec.solve_b:
+        r = jnp.where(block.mask, block.y - mean @ W.T, 0.0)
+        return jnp.sum(lam * r, axis=0), jnp.sum(lam, axis=0)
+    return ()
+
+
+def zero_stats(spec: OutputSpec, d: int, k: int, dtype) -> tuple[Array, ...]:
+    """Zeros shaped like `affine_stats` of an output with ``d`` rows."""
+    if spec.A_free:
+        m = k + 1 if spec.solve_b else k
+        return jnp.zeros((d, m * (m + 1) // 2), dtype), jnp.zeros((d, m), dtype)
+    if spec.solve_b:
+        return jnp.zeros(d, dtype), jnp.zeros(d, dtype)
+    return ()
+
+
+def normal_equations(
+    spec: OutputSpec, stats: tuple[Array, ...], ridge: Ridge
 ) -> tuple[Float[Array, "d m m"], Float[Array, "d m"]]:
     """``(G, c)`` of the row-wise ridge solves ``G_d w̃_d = c_d`` for a free ``A``
-    (and ``b`` when it is free); ``G_d⁻¹`` is the conditional covariance of row d."""
-    n = mean.shape[0]
-    d = lam.shape[1]
-    first, second = second_moments(mean, cov, with_one=spec.solve_b)
-    kt = first.shape[1]
-    y = block.y if spec.solve_b else jnp.where(block.mask, block.y - b, 0.0)
-    G = (lam.T @ second.reshape(n, kt * kt)).reshape(d, kt, kt)
-    c = (lam * y).T @ first
+    (and ``b`` when it is free) from `affine_stats`; ``G_d⁻¹`` is the conditional
+    covariance of row d."""
+    G_packed, c = stats
+    m = c.shape[1]
     A_loc, A_prec = ridge["A"]
     if spec.solve_b:
         b_loc, b_prec = ridge["b"]
@@ -76,7 +106,28 @@ def normal_equations(
         loc = jnp.concatenate([A_loc, b_loc[:, None]], axis=1)
     else:
         prec, loc = A_prec, A_loc
+    G = sym_unpack(G_packed, m)
     return G + jax.vmap(jnp.diag)(prec), c + prec * loc
+
+
+def solve_affine(
+    spec: OutputSpec,
+    stats: tuple[Array, ...],
+    ridge: Ridge,
+    W: Float[Array, "d k"],
+    b: Float[Array, " d"],
+) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
+    """Maximise the expected log posterior over ``W`` and/or ``b`` (others fixed),
+    given the sufficient statistics of all the stars (`affine_stats`)."""
+    k = W.shape[1]
+    if spec.A_free:
+        sol = ridge_solve(*normal_equations(spec, stats, ridge))
+        return (sol[:, :k], sol[:, k]) if spec.solve_b else (sol, b)
+    if spec.solve_b:
+        lam_r, lam_sum = stats
+        b_loc, b_prec = ridge["b"]
+        b = (lam_r + b_prec * b_loc) / (lam_sum + b_prec)
+    return W, b
 
 
 def m_step_affine(
@@ -89,46 +140,30 @@ def m_step_affine(
     b: Float[Array, " d"],
     ridge: Ridge,
 ) -> tuple[Float[Array, "d k"], Float[Array, " d"]]:
-    """Maximise the expected log posterior over ``W`` and/or ``b`` (others fixed)."""
-    k = mean.shape[1]
-    if spec.A_free:
-        sol = ridge_solve(*normal_equations(spec, block, lam, mean, cov, b, ridge))
-        return (sol[:, :k], sol[:, k]) if spec.solve_b else (sol, b)
-    if spec.solve_b:
-        b_loc, b_prec = ridge["b"]
-        r = jnp.where(block.mask, block.y - mean @ W.T, 0.0)
-        b = (jnp.sum(lam * r, axis=0) + b_prec * b_loc) / (
-            jnp.sum(lam, axis=0) + b_prec
-        )
-    return W, b
+    """`solve_affine` on the statistics of all the stars at once."""
+    stats = affine_stats(spec, block, lam, mean, cov, W, b)
+    return solve_affine(spec, stats, ridge, W, b)
 
 
-@partial(jax.jit, static_argnames=("spec",))
 def row_covariances(
-    spec: OutputSpec,
-    block: Block,
-    params: dict[str, Array],
-    mean: Float[Array, "n k"],
-    cov: Float[Array, "n k k"] | None,
-    ridge: Ridge,
+    spec: OutputSpec, stats: tuple[Array, ...], ridge: Ridge, W: Float[Array, "d k"]
 ) -> Float[Array, "d kt kt"]:
     """Covariance of each row ``(W_d, b_d)`` of the free parameters given the latent
-    posterior (zero for fixed ones): the inverse of the M-step's normal matrix.
+    posterior (zero for fixed ones): the inverse of the M-step's normal matrix,
+    from the statistics `affine_stats` gives at the final parameters ``W``.
 
     Shape ``(d, k+1, k+1)`` when the output has an offset ``b``, else ``(d, k, k)``.
     """
-    k = mean.shape[1]
-    d = params["A"].shape[0]
+    d, k = W.shape
     kt = k + 1 if spec.has_b else k
-    lam = precisions(block, spec.scatter2(params))
-    out = jnp.zeros((d, kt, kt), mean.dtype)
+    out = jnp.zeros((d, kt, kt), W.dtype)
     if spec.A_free:
-        G, _ = normal_equations(spec, block, lam, mean, cov, params["b"], ridge)
+        G, _ = normal_equations(spec, stats, ridge)
         m = G.shape[-1]
         return out.at[:, :m, :m].set(inverse_from_cholesky(_ridge_cholesky(G)))
     if spec.solve_b:
         b_prec = ridge["b"][1]
-        return out.at[:, k, k].set(1.0 / (jnp.sum(lam, axis=0) + b_prec))
+        return out.at[:, k, k].set(1.0 / (stats[1] + b_prec))
     return out
 
 
@@ -143,6 +178,5 @@ def expected_sq_resid(
     r = jnp.where(block.mask, block.y - mean @ W.T - b, 0.0)
     e = r**2
     if cov is not None:
-        n = mean.shape[0]
-        e = e + cov.reshape(n, -1) @ outer_rows(W).T
+        e = e + cov_quadratic_form(cov, W)
     return jnp.where(block.mask, e, 0.0)

@@ -9,35 +9,95 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .blocks import Block
+from .chunks import Accumulator, fold_chunks, put_rows, take_block, take_rows
 
 __all__ = ["pca_latents"]
 
 
-def _pca(x: Float[Array, "n d"], omega: Float[Array, "d r"]) -> Array:
-    q, _ = jnp.linalg.qr(x @ omega)
+class _Centred:
+    """Products with the mean-centred, zero-filled outputs ``X`` (N, D), read in
+    chunks of stars so that ``X`` itself is never stored."""
+
+    def __init__(self, blocks: tuple[Block, ...], size: int):
+        self.blocks, self.size = blocks, size
+        self.n = blocks[0].values.shape[0]
+        self.dtype = blocks[0].values.dtype
+
+        def sums(start, valid, acc):
+            chunk = self._chunk(start, valid)
+            return acc.add(
+                tuple((jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0)) for b in chunk)
+            )
+
+        zeros = tuple(
+            (
+                jnp.zeros(b.values.shape[1], self.dtype),
+                jnp.zeros(b.values.shape[1], jnp.int32),
+            )
+            for b in blocks
+        )
+        totals = fold_chunks(sums, self.n, size, Accumulator.zeros(zeros)).total
+        self.means = tuple(s / jnp.maximum(c, 1) for s, c in totals)
+
+    def _chunk(self, start, valid):
+        return tuple(take_block(b, start, self.size, valid) for b in self.blocks)
+
+    def _x(self, start, valid):
+        chunk = self._chunk(start, valid)
+        return jnp.concatenate(
+            [
+                jnp.where(b.mask, b.y - m, 0.0)
+                for b, m in zip(chunk, self.means, strict=True)
+            ],
+            axis=1,
+        )
+
+    def matmul(self, v: Float[Array, "d r"]) -> Float[Array, "n r"]:
+        """``X @ v``."""
+
+        def body(start, valid, out):
+            return put_rows(out, self._x(start, valid) @ v, start, valid)
+
+        init = jnp.zeros((self.n, v.shape[1]), self.dtype)
+        return fold_chunks(body, self.n, self.size, init)
+
+    def rmatmul(self, q: Float[Array, "n r"]) -> Float[Array, "d r"]:
+        """``Xᵀ @ q``."""
+
+        def body(start, valid, acc):
+            qc = take_rows(q, start, self.size)
+            qc = jnp.where(valid[:, None], qc, 0.0)
+            return acc.add(self._x(start, valid).T @ qc)
+
+        d = sum(b.values.shape[1] for b in self.blocks)
+        init = Accumulator.zeros(jnp.zeros((d, q.shape[1]), self.dtype))
+        return fold_chunks(body, self.n, self.size, init).total
+
+
+def _pca(x: _Centred, omega: Float[Array, "d r"]) -> Array:
+    q, _ = jnp.linalg.qr(x.matmul(omega))
     for _ in range(2):  # power iterations sharpen the leading subspace
-        q, _ = jnp.linalg.qr(x @ (x.T @ q))
-    u_small, _, _ = jnp.linalg.svd(q.T @ x, full_matrices=False)
+        q, _ = jnp.linalg.qr(x.matmul(x.rmatmul(q)))
+    u_small, _, _ = jnp.linalg.svd(x.rmatmul(q).T, full_matrices=False)
     return q @ u_small
 
 
-@partial(jax.jit, static_argnames=("k",))
-def pca_latents(blocks: tuple[Block, ...], k: int) -> Float[Array, "n k"]:
+@partial(jax.jit, static_argnames=("k", "chunk_size"))
+def pca_latents(
+    blocks: tuple[Block, ...], k: int, chunk_size: int | None = None
+) -> Float[Array, "n k"]:
     """Leading ``k`` principal-component scores of the mean-centred outputs,
     scaled to unit variance (missing entries count as the column mean).
 
-    Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible.
-    Its QR and SVD calls (LAPACK) each take one matrix and run one after another,
-    which jaxlib 0.10 handles safely (unlike concurrent batched calls: see
+    Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible;
+    the data are read ``chunk_size`` stars at a time (None: all at once). Its QR
+    and SVD calls (LAPACK) each take one matrix and run one after another, which
+    jaxlib 0.10 handles safely (unlike concurrent batched calls: see
     `pollux.core.linalg`).
     """
-    cols = []
-    for b in blocks:
-        count = jnp.maximum(jnp.sum(b.mask, axis=0), 1)
-        mean = jnp.sum(b.y, axis=0) / count
-        cols.append(jnp.where(b.mask, b.y - mean, 0.0))
-    x = jnp.concatenate(cols, axis=1)
-    n, d = x.shape
+    n = blocks[0].values.shape[0]
+    x = _Centred(blocks, n if chunk_size is None else min(chunk_size, n))
+    d = sum(b.values.shape[1] for b in blocks)
     r = min(k + 8, d, n)
     omega = jax.random.normal(jax.random.PRNGKey(0), (d, r), x.dtype)
     u = _pca(x, omega)[:, : min(k, r)]

@@ -10,13 +10,16 @@ For star :math:`n` with noise precisions :math:`\lambda_{nd} = m_{nd}/(\sigma_{n
     \Sigma_n = P_n^{-1}.
 
 The :math:`(N, K, K)` precisions are one matrix product
-:math:`\lambda\,(N{\times}D) \cdot \mathrm{vec}(W_d W_d^\top)\,(D{\times}K^2)`;
-no :math:`(N, D, K)` array is formed.
+:math:`\lambda\,(N{\times}D) \cdot \mathrm{vech}(W_d W_d^\top)\,(D{\times}K(K+1)/2)`
+over the upper triangles of the symmetric outer products (half the work of the full
+:math:`K^2`); no :math:`(N, D, K)` array is formed. The jitted entry points work
+``chunk_size`` stars at a time (`pollux.core.chunks`).
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -24,12 +27,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .blocks import Block
+from .chunks import fold_chunks, put_rows, take_block, take_rows
+from .features import outer_packed, sym_pack, sym_unpack
 from .linalg import cholesky, inverse_from_cholesky, logdet_from_cholesky
 
 __all__ = [
     "PosteriorStats",
+    "cov_quadratic_form",
     "latent_posterior",
-    "outer_rows",
     "posterior_moments",
     "precisions",
     "predictive",
@@ -43,9 +48,17 @@ class PosteriorStats(NamedTuple):
     neg_log_marginal: Float[Array, ""]  # -log p(y | params), latents integrated out
 
 
-def outer_rows(W: Float[Array, "d k"]) -> Float[Array, "d kk"]:
-    """Row-wise outer products ``W_d W_dᵀ``, flattened to ``(d, k*k)``."""
-    return (W[:, :, None] * W[:, None, :]).reshape(W.shape[0], -1)
+def cov_quadratic_form(
+    cov: Float[Array, "n k k"], W: Float[Array, "d k"]
+) -> Float[Array, "n d"]:
+    """``W_d Σ_n W_dᵀ`` for every star and row: one product over packed triangles.
+
+    >>> import numpy as np
+    >>> cov = np.array([[[2.0, 0.5], [0.5, 1.0]]]); W = np.array([[1.0, 3.0]])
+    >>> cov_quadratic_form(cov, W).tolist()
+    [[14.0]]
+    """
+    return sym_pack(cov, doubled=True) @ outer_packed(W).T
 
 
 def precisions(block: Block, s2: Array | float) -> Float[Array, "n d"]:
@@ -77,7 +90,7 @@ def latent_posterior(
         lam = precisions(block, s2)
         r = jnp.where(block.mask, block.y - b, 0.0)
         lr = lam * r
-        P = P + (lam @ outer_rows(W)).reshape(n, k, k)
+        P = P + sym_unpack(lam @ outer_packed(W), k)
         h = h + lr @ W
         quad = quad + jnp.sum(lr * r)
         logdet_noise = logdet_noise - jnp.sum(jnp.where(block.mask, jnp.log(lam), 0.0))
@@ -100,16 +113,30 @@ def latent_posterior(
     return PosteriorStats(mean, cov, nlm)
 
 
-@jax.jit
+@partial(jax.jit, static_argnames="chunk_size")
 def posterior_moments(
     blocks: tuple[Block, ...],
     Ws: tuple[Float[Array, "d k"], ...],
     bs: tuple[Float[Array, " d"], ...],
     s2s: tuple[Array, ...],
+    chunk_size: int | None = None,
 ) -> tuple[Float[Array, "n k"], Float[Array, "n k k"]]:
-    """Jitted `latent_posterior` under a unit Normal prior: ``(mean, cov)``."""
-    post = latent_posterior(blocks, Ws, bs, s2s)
-    return post.mean, post.cov
+    """Jitted `latent_posterior` under a unit Normal prior: ``(mean, cov)``,
+    ``chunk_size`` stars at a time (None: all at once)."""
+    n, k = blocks[0].y.shape[0], Ws[0].shape[1]
+    size = n if chunk_size is None else min(chunk_size, n)
+    dtype = blocks[0].y.dtype
+
+    def body(start, valid, carry):
+        mean, cov = carry
+        chunk = tuple(take_block(b, start, size, valid) for b in blocks)
+        post = latent_posterior(chunk, Ws, bs, s2s)
+        return put_rows(mean, post.mean, start, valid), put_rows(
+            cov, post.cov, start, valid
+        )
+
+    init = (jnp.zeros((n, k), dtype), jnp.zeros((n, k, k), dtype))
+    return fold_chunks(body, n, size, init)
 
 
 def second_moments(
@@ -129,7 +156,7 @@ def second_moments(
     return first, jnp.concatenate([top, bottom], axis=1)
 
 
-@jax.jit
+@partial(jax.jit, static_argnames="chunk_size")
 def predictive(
     mean: Float[Array, "n k"],
     cov: Float[Array, "n k k"],
@@ -137,6 +164,7 @@ def predictive(
     b: Float[Array, " d"],
     s2: Array,
     row_cov: Float[Array, "d kt kt"] | None,
+    chunk_size: int | None = None,
 ) -> tuple[Float[Array, "n d"], Float[Array, "n d"]]:
     r"""Predictive mean and standard deviation of ``y = W z + b`` (+ scatter ``s``).
 
@@ -146,11 +174,29 @@ def predictive(
             + E[\tilde z_n]^\top C_d E[\tilde z_n] + \operatorname{tr}(C_d \Sigma_n)
 
     where ``row_cov`` :math:`C_d` is the covariance of the row :math:`(W_d, b_d)`
-    (None: exactly known rows).
+    (None: exactly known rows). Computed ``chunk_size`` stars at a time (None: all
+    at once).
     """
     n, k = mean.shape
-    var = cov.reshape(n, -1) @ outer_rows(W).T + s2
+    size = n if chunk_size is None else min(chunk_size, n)
     if row_cov is not None:  # uncertainty of the trained rows (W_d, b_d)
-        _, second = second_moments(mean, cov, with_one=row_cov.shape[-1] > k)
-        var = var + second.reshape(n, -1) @ row_cov.reshape(row_cov.shape[0], -1).T
-    return mean @ W.T + b, jnp.sqrt(var)
+        with_one = row_cov.shape[-1] > k
+        row_cov = sym_pack(row_cov)
+
+    def moments(m, c):
+        var = cov_quadratic_form(c, W) + s2
+        if row_cov is not None:
+            _, second = second_moments(m, c, with_one=with_one)
+            var = var + sym_pack(second, doubled=True) @ row_cov.T
+        return m @ W.T + b, jnp.sqrt(var)
+
+    def body(start, valid, carry):
+        mu, sd = moments(take_rows(mean, start, size), take_rows(cov, start, size))
+        return put_rows(carry[0], mu, start, valid), put_rows(
+            carry[1], sd, start, valid
+        )
+
+    d = W.shape[0]
+    dtype = jnp.result_type(mean, W)
+    init = (jnp.zeros((n, d), dtype), jnp.zeros((n, d), dtype))
+    return fold_chunks(body, n, size, init)

@@ -54,6 +54,9 @@ class EMProblem(eqx.Module):
         M-step's ridge solves (precision zero: flat).
     fixed_latents
         ``(N, K)`` latents held fixed, or None to integrate them out.
+    chunk_size
+        Stars per chunk of the kernels' data passes (None: all at once); the
+        results do not depend on it beyond float rounding.
     """
 
     specs: tuple[OutputSpec, ...] = eqx.field(static=True)
@@ -61,8 +64,12 @@ class EMProblem(eqx.Module):
     priors: tuple[dict[str, Any], ...]
     ridges: tuple[dict[str, tuple[Array, Array]], ...]
     fixed_latents: Float[Array, "n_stars k"] | None = None
+    chunk_size: int | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
+        if self.chunk_size is not None and self.chunk_size < 1:
+            msg = f"EMProblem: chunk_size must be >= 1, got {self.chunk_size}"
+            raise ValueError(msg)
         sizes = {len(self.specs), len(self.blocks), len(self.priors), len(self.ridges)}
         if len(sizes) != 1:
             msg = (

@@ -85,9 +85,8 @@ def max_likelihood_scatter(
     dtype = jnp.result_type(resid2, var, float)
     resid2, var = jnp.asarray(resid2, dtype), jnp.asarray(var, dtype)
     block = Block(
-        jnp.zeros_like(resid2),
-        jnp.where(mask, var, 0.0),
-        mask,
+        jnp.where(mask, 0.0, jnp.nan).astype(dtype),
+        jnp.sqrt(jnp.where(mask, var, 0.0)),
     )
     e = jnp.where(mask, resid2, 0.0)
     prior = dist.ImproperUniform(constraints.positive, (), ())

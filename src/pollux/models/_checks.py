@@ -208,7 +208,7 @@ def _check_variance_defined(
             "'s'; give OutputData(err=...) or add an 's' prior to its transform"
         )
         raise ValueError(msg)
-    if bool(np.any(np.asarray((block.err2 == 0) & block.mask))):
+    if bool(jnp.any((block.errors == 0) & ~jnp.isnan(block.values))):
         msg = (
             f"{call}: output {name!r} has observed values with zero error and no "
             "extra scatter 's'; the likelihood would be infinite. Give positive "

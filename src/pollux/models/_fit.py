@@ -21,8 +21,8 @@ from .._params import (
     without_latents,
 )
 from ..core import em, vem
+from ..core.chunks import auto_chunk_size
 from ..core.linalg import cholesky, inverse_from_cholesky
-from ..core.mstep import row_covariances
 from ..core.pca import pca_latents
 from ..core.posterior import posterior_moments, predictive
 from ..data import OutputData, PolluxData
@@ -91,6 +91,16 @@ def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
     return state, losses, n_iter, converged
 
 
+def chunk_size_for(
+    chunk_size: int | None, n: int, widths: Iterable[int], k: int, dtype
+) -> int:
+    """``chunk_size`` (checked by the caller), or one chosen from the memory
+    budget when None."""
+    if chunk_size is None:
+        return auto_chunk_size(n, sum(widths), k, np.dtype(dtype).itemsize)
+    return chunk_size
+
+
 def fit_em(
     model: LuxModel,
     data: PolluxData,
@@ -101,6 +111,7 @@ def fit_em(
     tol: float,
     progress: bool,
     accelerate: bool,
+    chunk_size: int | None = None,
 ) -> FitResult:
     call = "LuxModel.fit"
     data = check_data(data, call)
@@ -108,6 +119,8 @@ def fit_em(
     require_polynomial(model, names, call)
     quadratic = uses_quadratic(model, names)
     check_positive_int(max_iter, f"{call}(max_iter=...)")
+    if chunk_size is not None:
+        check_positive_int(chunk_size, f"{call}(chunk_size=...)")
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
         raise ValueError(msg)
@@ -126,13 +139,20 @@ def fit_em(
         return _fit_vem(
             model, data, names, fixed, blocks, settings, progress=progress, call=call
         )
+    size = chunk_size_for(chunk_size, n, (b.y.shape[1] for b in blocks), k, dtype)
     problem, params = em_problem(
-        model, names, blocks, fixed, call, fixed_latents=fixed.get(LATENTS)
+        model,
+        names,
+        blocks,
+        fixed,
+        call,
+        fixed_latents=fixed.get(LATENTS),
+        chunk_size=size,
     )
     z_fixed = problem.fixed_latents
     if any(s.A_free for s in problem.specs):
         # Deterministic start: regress free outputs on PCA (or the fixed) latents.
-        z0 = z_fixed if z_fixed is not None else pca_latents(blocks, k)
+        z0 = z_fixed if z_fixed is not None else pca_latents(blocks, k, size)
         params = em.initialize(problem, params, z0)
 
     params, losses, n_iter, converged = _run(
@@ -146,7 +166,7 @@ def fit_em(
         progress=progress,
         call=call,
     )
-    post, final_loss = em.final_state(problem, params)
+    post, final_loss, row_covs = em.final_state(problem, params)
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
 
     out: dict[str, Any] = {
@@ -165,19 +185,13 @@ def fit_em(
     else:
         out[LATENTS] = post.mean
         cov = post.cov
-    param_cov = {
-        name: row_covariances(spec, block, p, post.mean, post.cov, ridge)
-        for name, (spec, block, _, ridge), p in zip(
-            names, problem.outputs(), params, strict=True
-        )
-    }
     return FitResult(
         params=out,
         posterior=LatentPosterior(post.mean, cov),
         losses=all_losses,
         n_iter=n_iter,
         converged=converged,
-        param_cov=param_cov,
+        param_cov=dict(zip(names, row_covs, strict=True)),
         settings=settings,
     )
 
@@ -288,9 +302,12 @@ def infer_latents(
     data: PolluxData,
     params: Mapping[str, Any],
     names: str | Iterable[str] | None,
+    chunk_size: int | None = None,
 ) -> LatentPosterior:
     call = "LuxModel.infer_latents"
     data = check_data(data, call)
+    if chunk_size is not None:
+        check_positive_int(chunk_size, f"{call}(chunk_size=...)")
     names = resolve_names(model, names, call, data.names)
     require_polynomial(model, names, call)
     quadratic = uses_quadratic(model, names)
@@ -306,7 +323,16 @@ def infer_latents(
             blocks, thetas, s2s, kinds, model.latent_size
         )
         return LatentPosterior(mean, cov, flags)
-    mean, cov = posterior_moments(blocks, *affine_params(model, params, names, dtype))
+    size = chunk_size_for(
+        chunk_size,
+        len(data),
+        (b.y.shape[1] for b in blocks),
+        model.latent_size,
+        dtype,
+    )
+    mean, cov = posterior_moments(
+        blocks, *affine_params(model, params, names, dtype), chunk_size=size
+    )
     return LatentPosterior(mean, cov)
 
 
@@ -342,8 +368,11 @@ def predict(
     params: Mapping[str, Any],
     names: str | Iterable[str] | None,
     param_cov: Mapping[str, Any] | None = None,
+    chunk_size: int | None = None,
 ) -> PolluxData:
     call = "LuxModel.predict"
+    if chunk_size is not None:
+        check_positive_int(chunk_size, f"{call}(chunk_size=...)")
     if not isinstance(posterior, LatentPosterior):
         msg = (
             f"{call}(posterior=...): expected a LatentPosterior (from "
@@ -376,10 +405,12 @@ def predict(
             )
             out[name] = OutputData(mean, err=err, preprocessed=True)
         return PolluxData(**out)
+    n = posterior.mean.shape[0]
     for name, W, b, s2 in zip(
         names, *affine_params(model, params, names, dtype), strict=True
     ):
         C = row_covs.get(name)
+        size = chunk_size_for(chunk_size, n, [W.shape[0]], model.latent_size, dtype)
         mean, err = predictive(
             posterior.mean,
             posterior.cov,
@@ -387,6 +418,7 @@ def predict(
             b,
             s2,
             None if C is None else C.astype(dtype),
+            chunk_size=size,
         )
         out[name] = OutputData(mean, err=err, preprocessed=True)
     return PolluxData(**out)

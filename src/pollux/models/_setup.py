@@ -73,6 +73,7 @@ def em_problem(
     call: str,
     fixed_latents: Array | None = None,
     ridge_from_priors: bool = True,
+    chunk_size: int | None = None,
 ) -> tuple[EMProblem, tuple[dict[str, Array], ...]]:
     """The `EMProblem` of the affine outputs ``names`` and their start parameters
     (fixed values where given, else zeros and unit scatter).
@@ -132,5 +133,6 @@ def em_problem(
         priors=tuple(priors),
         ridges=tuple(ridges),
         fixed_latents=fixed_latents,
+        chunk_size=chunk_size,
     )
     return problem, tuple(params)

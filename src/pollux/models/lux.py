@@ -185,6 +185,7 @@ class LuxModel:
         tol: float = 1e-6,
         progress: bool = True,
         accelerate: bool = True,
+        chunk_size: int | None = None,
     ) -> FitResult:
         """EM fit with the latents marginalised, for outputs polynomial in them.
 
@@ -212,6 +213,11 @@ class LuxModel:
         accelerate
             Use SQUAREM cycles (three EM sweeps with a safeguarded extrapolation,
             counted as one iteration) instead of plain EM sweeps.
+        chunk_size
+            Stars per chunk of the data passes of affine fits (None: chosen so
+            that a chunk's intermediates take about 512 MB). Peak memory is the
+            data plus O(chunk_size × D + D × K²); results do not depend on it
+            beyond float rounding.
 
         Returns
         -------
@@ -228,6 +234,7 @@ class LuxModel:
             tol=tol,
             progress=progress,
             accelerate=accelerate,
+            chunk_size=chunk_size,
         )
 
     def infer_latents(
@@ -235,6 +242,8 @@ class LuxModel:
         data: PolluxData,
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
+        *,
+        chunk_size: int | None = None,
     ) -> LatentPosterior:
         """Gaussian posterior of each star's latents given fixed parameters.
 
@@ -243,8 +252,9 @@ class LuxModel:
         (variational); ``multimodal`` flags stars with a rival mode.
 
         Returns a `LatentPosterior` with ``mean`` (N, K) and ``cov`` (N, K, K).
+        ``chunk_size`` (affine outputs): stars per chunk, as in `fit`.
         """
-        return infer_latents(self, data, params, names)
+        return infer_latents(self, data, params, names, chunk_size)
 
     def predict(
         self,
@@ -252,6 +262,8 @@ class LuxModel:
         params: Mapping[str, Any],
         names: str | Iterable[str] | None = None,
         param_cov: Mapping[str, Any] | None = None,
+        *,
+        chunk_size: int | None = None,
     ) -> PolluxData:
         """Predictive mean (``data``) and standard deviation (``err``) of outputs.
 
@@ -260,9 +272,9 @@ class LuxModel:
         the trained transforms too:
         ``var_nd = W_d Σ_n W_dᵀ + s_d² + E[z̃_n]ᵀ C_d E[z̃_n] + tr(C_d Σ̃_n)``.
         Values are in model units: ``test.unprocess(pred)`` gives physical values
-        with errors.
+        with errors. ``chunk_size`` (affine outputs): stars per chunk, as in `fit`.
         """
-        return predict(self, posterior, params, names, param_cov)
+        return predict(self, posterior, params, names, param_cov, chunk_size)
 
     def save(
         self,
