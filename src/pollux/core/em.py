@@ -49,7 +49,14 @@ from .mstep import (
 )
 from .posterior import PosteriorStats, latent_posterior, precisions
 from .problem import EMProblem
-from .sstep import SSums, s_candidates, s_floor, s_select, s_sums, s_value
+from .sstep import (
+    SSums,
+    s_candidates,
+    s_floor_from_sums,
+    s_select,
+    s_sums,
+    s_value,
+)
 
 __all__ = [
     "em_chunk",
@@ -217,10 +224,29 @@ def _s_steps(
 
 
 def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
-    """`s_floor` of each output with a free scatter (a constant of the data)."""
+    """`s_floor` of each output with a free scatter (a constant of the data),
+    from sums over the chunks of stars."""
+    free = [i for i, spec in enumerate(problem.specs) if spec.has_s and spec.s_free]
+    if not free:
+        return (None,) * len(problem.specs)
+    n, size = problem.blocks[0].values.shape[0], _chunk_size(problem)
+    dtype = problem.blocks[0].values.dtype
+
+    def body(start, valid, acc):
+        sums = []
+        for i in free:
+            b = take_block(problem.blocks[i], start, size, valid)
+            sums.append(
+                (jnp.sum(jnp.square(b.y) + b.err2), jnp.sum(b.mask, dtype=dtype))
+            )
+        return acc.add(tuple(sums))
+
+    zero = jnp.zeros((), dtype)
+    init = Accumulator.zeros(tuple((zero, zero) for _ in free))
+    totals = dict(zip(free, fold_chunks(body, n, size, init).total, strict=True))
     return tuple(
-        s_floor(block) if spec.has_s and spec.s_free else None
-        for spec, block in zip(problem.specs, problem.blocks, strict=True)
+        s_floor_from_sums(*totals[i]) if i in totals else None
+        for i in range(len(problem.specs))
     )
 
 

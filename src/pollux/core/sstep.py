@@ -52,8 +52,13 @@ def _reduce(x: Array, scalar: bool) -> Array:
 def s_floor(block: Block) -> Array:
     """Smallest ``t = s²`` the s-step uses: ``1e-12`` times the typical
     ``y² + σ²`` of the observed values (plus one), a constant of the data."""
-    n_obs = jnp.maximum(jnp.sum(block.mask), 1)
-    return 1e-12 * (jnp.sum(jnp.square(block.y) + block.err2) / n_obs + 1.0)
+    total = jnp.sum(jnp.square(block.y) + block.err2)
+    return s_floor_from_sums(total, jnp.sum(block.mask))
+
+
+def s_floor_from_sums(sum_y2_err2: Array, n_obs: Array) -> Array:
+    """`s_floor` from ``Σ (y² + σ²)`` and the number of observed values."""
+    return 1e-12 * (sum_y2_err2 / jnp.maximum(n_obs, 1) + 1.0)
 
 
 def s_value(block: Block, e: Float[Array, "n d"], t: Array, scalar: bool) -> Array:

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 from tqdm.auto import tqdm
 
 from .._params import (
@@ -59,11 +61,16 @@ _CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
 _INNER = 5  # natural-gradient updates of the latent posteriors per variational sweep
 
 
+@jax.jit
+def _count_observed(blocks: tuple) -> Array:
+    return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
+
+
 def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
     """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
     ``max_iter`` iterations; returns ``(state, losses, n_iter, converged)``."""
     dtype = blocks[0].y.dtype
-    n_obs = max(int(sum(int(jnp.sum(b.mask)) for b in blocks)), 1)
+    n_obs = max(int(_count_observed(tuple(blocks))), 1)
     threshold = jnp.asarray(tol * n_obs, dtype)
     prev = jnp.asarray(jnp.inf, dtype)
     losses: list[np.ndarray] = []
