@@ -23,9 +23,9 @@ per N:
   removed afterwards) with `pollux.streaming.label_store` (warmed with one
   ``TrainedModel.label`` call on a chunk of the same shape).
 
-Before each N it prints the memory estimate (8.2 x the data's size, as measured for
-the fit) and skips an N whose estimate exceeds the available RAM. Prints one table,
-the command line and the machine; ``--json`` writes the rows.
+Before each N it prints the memory estimate (2.4 x the data's size, as measured for
+the fit at N = 20,000) and skips an N whose estimate exceeds the available RAM.
+Prints one table, the command line and the machine; ``--json`` writes the rows.
 
     python benchmarks/scale.py                         # N = 2,000, 20,000, 100,000
     python benchmarks/scale.py --n 2000 --iters 2 --skip-zarr
@@ -49,7 +49,7 @@ HERE = Path(__file__).resolve()
 D, K, N_LABELS = 7214, 32, 4
 CHUNK = 4096  # labelling chunk (stars)
 N_COLD = 1000  # stars of the cold/warm labelling call
-FIT_MEMORY_FACTOR = 8.2  # measured peak fit memory / (flux + err bytes)
+FIT_MEMORY_FACTOR = 2.4  # measured peak fit memory / (flux + err bytes), N = 20k
 
 
 # Data and model -----------------------------------------------------------------------

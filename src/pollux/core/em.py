@@ -20,10 +20,13 @@ A. the posterior, the objective and the M-step statistics (`affine_stats`) of ea
    chunk — two products over packed triangles, :math:`(C{\times}D)\cdot(D{\times}T)`
    and :math:`(D{\times}C)\cdot(C{\times}T)` with :math:`T = K(K+1)/2` (+ the offset);
 B. with the new :math:`(W, b)`: the expected squared residuals and `s_sums`;
-C. the s-step objective at the Newton candidate (`s_value`), recomputing those
+C. only for scatter priors whose log density is not convex in :math:`s^2`: the
+   s-step objective at a Newton candidate (`s_value`), recomputing those
    residuals (one more product; cheaper than keeping an :math:`(N, D)` array).
 
-Passes B and C run only for outputs with a free scatter. Nothing of size
+Pass B runs only for outputs with a free scatter; for the usual priors
+(HalfNormal, HalfCauchy, Exponential, flat) the s-step is the safe bound step of
+`s_bound_step` and a sweep reads the data twice. Nothing of size
 :math:`(N, D)` is kept beyond the data; what is kept per star is
 :math:`(\mu_n, \Sigma_n)`.
 """
@@ -51,6 +54,8 @@ from .posterior import PosteriorStats, latent_posterior, precisions
 from .problem import EMProblem
 from .sstep import (
     SSums,
+    needs_check,
+    s_bound_step,
     s_candidates,
     s_floor_from_sums,
     s_select,
@@ -183,14 +188,14 @@ def _s_steps(
     priors = {i: problem.priors[i][SCATTER] for i in free}
     t0 = {i: jnp.maximum(jnp.square(params[i][SCATTER]), floors[i]) for i in free}
 
-    def fold(terms, init):
-        """Sum ``terms(i, block, e)`` of every free output over the chunks."""
+    def fold(outputs, terms, init):
+        """Sum ``terms(i, block, e)`` of the given outputs over the chunks."""
 
         def body(start, valid, acc):
             m = take_rows(mean, start, size)
             c = None if cov is None else take_rows(cov, start, size)
             out = []
-            for i in free:
+            for i in outputs:
                 block = take_block(problem.blocks[i], start, size, valid)
                 p = params[i]
                 e = expected_sq_resid(block, m, c, p["A"], p["b"])
@@ -204,22 +209,28 @@ def _s_steps(
         return jnp.zeros((), mean.dtype) if scalar[i] else jnp.zeros(d, mean.dtype)
 
     sums = fold(
+        free,
         lambda i, block, e: s_sums(block, e, t0[i], scalar[i]),
-        tuple(SSums(*[zeros(i)] * 5) for i in free),
+        tuple(SSums(*[zeros(i)] * len(SSums._fields)) for i in free),
     )
-    cands = [
-        s_candidates(sm, t0[i], priors[i], floors[i])
-        for i, sm in zip(free, sums, strict=True)
-    ]
-    newton = {i: c[0] for i, c in zip(free, cands, strict=True)}
-    values = fold(
-        lambda i, block, e: s_value(block, e, newton[i], scalar[i]),
-        tuple(zeros(i) for i in free),
-    )
+    sums = dict(zip(free, sums, strict=True))
     new = list(params)
-    for i, sm, (nt, em_t), value in zip(free, sums, cands, values, strict=True):
-        s = s_select(sm, value, t0[i], nt, em_t, priors[i], floors[i])
+    # Outputs whose prior needs it: a Newton step checked by a pass (C).
+    checked = [i for i in free if needs_check(priors[i])]
+    cands = {i: s_candidates(sums[i], t0[i], priors[i], floors[i]) for i in checked}
+    values = fold(
+        checked,
+        lambda i, block, e: s_value(block, e, cands[i][0], scalar[i]),
+        tuple(zeros(i) for i in checked),
+    )
+    for i, value in zip(checked, values, strict=True):
+        newton, em_t = cands[i]
+        s = s_select(sums[i], value, t0[i], newton, em_t, priors[i], floors[i])
         new[i] = dict(params[i], **{SCATTER: s})
+    for i in free:
+        if i not in checked:
+            t = s_bound_step(sums[i], t0[i], priors[i], floors[i])
+            new[i] = dict(params[i], **{SCATTER: jnp.sqrt(t)})
     return tuple(new)
 
 

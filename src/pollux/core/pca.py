@@ -26,13 +26,16 @@ class _Centred:
         def sums(start, valid, acc):
             chunk = self._chunk(start, valid)
             return acc.add(
-                tuple((jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0)) for b in chunk)
+                tuple(
+                    (jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0, dtype=self.dtype))
+                    for b in chunk
+                )
             )
 
         zeros = tuple(
             (
                 jnp.zeros(b.values.shape[1], self.dtype),
-                jnp.zeros(b.values.shape[1], jnp.int32),
+                jnp.zeros(b.values.shape[1], self.dtype),
             )
             for b in blocks
         )

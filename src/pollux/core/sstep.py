@@ -11,6 +11,11 @@ raises
 
 where :math:`e_n = E[(y_n - W z_n - b)^2]` under the latent posterior and
 :math:`m_n` masks missing values.
+
+The data enter through sums over the stars at the current value :math:`t_0`
+(`s_sums`), which chunks of stars add up. From them come two steps that each never
+lower :math:`F` (see `s_step`); only priors whose log density is not convex in
+:math:`t` need a second pass over the data (`s_value`) to check a Newton step.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from .blocks import Block
 
 __all__ = [
     "SSums",
+    "needs_check",
+    "s_bound_step",
     "s_candidates",
     "s_floor",
     "s_select",
@@ -36,13 +43,35 @@ __all__ = [
 
 
 class SSums(NamedTuple):
-    """Sums over the stars that the s-step needs at the current ``t0 = s²``."""
+    """Sums over the stars that the s-step needs at the current ``t0 = s²``
+    (``v = σ² + t0``, ``a = 1/v``)."""
 
     grad: Array  # dF/dt of the data term
     hess: Array  # d²F/dt² of the data term
     ex2: Array  # Σ E[x²] of the EM surrogate
     count: Array  # observed values
     value: Array  # the data term of F(t0)
+    ea3: Array  # Σ e a³: bounds the curvature above t0
+    a2: Array  # Σ a²
+    lo3: Array  # Σ e / (σ² + t0/4)³: bounds the curvature below t0
+    hi2: Array  # Σ 1 / (σ² + 4 t0)²
+
+
+LOWER, UPPER = 0.25, 4.0  # the bound step stays within [t0/4, 4 t0]
+
+# Priors whose log density log p(√t) is convex in t = s² (or linear): their
+# curvature only helps the bound step, which then needs no check.
+_CONVEX_PRIORS = (dist.HalfNormal, dist.HalfCauchy, dist.Exponential)
+
+
+def needs_check(prior: dist.Distribution) -> bool:
+    """Whether the s-step under ``prior`` checks a Newton step with a second pass
+    over the data (`s_value`); False for HalfNormal, HalfCauchy, Exponential and
+    flat priors, whose steps are safe by construction."""
+    base = prior
+    while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
+        base = base.base_dist
+    return not isinstance(base, (*_CONVEX_PRIORS, dist.ImproperUniform))
 
 
 def _reduce(x: Array, scalar: bool) -> Array:
@@ -75,12 +104,18 @@ def s_sums(block: Block, e: Float[Array, "n d"], t0: Array, scalar: bool) -> SSu
     a = jnp.where(mask, 1.0 / v, 0.0)
     ea = e * a
     ex2 = jnp.where(mask, t0 * (1.0 - t0 * a) + jnp.square(t0 * a) * e, 0.0)
+    a_lo = jnp.where(mask, 1.0 / jnp.where(mask, block.err2 + LOWER * t0, 1.0), 0.0)
+    a_hi = jnp.where(mask, 1.0 / jnp.where(mask, block.err2 + UPPER * t0, 1.0), 0.0)
     return SSums(
         grad=_reduce(0.5 * a * (ea - 1.0), scalar),
         hess=_reduce(a * a * (0.5 - ea), scalar),
         ex2=_reduce(ex2, scalar),
         count=_reduce(mask.astype(e.dtype), scalar),
         value=s_value(block, e, t0, scalar),
+        ea3=_reduce(ea * a * a, scalar),
+        a2=_reduce(a * a, scalar),
+        lo3=_reduce(e * a_lo**3, scalar),
+        hi2=_reduce(a_hi * a_hi, scalar),
     )
 
 
@@ -100,9 +135,13 @@ def s_candidates(
     g = sums.grad + d_prior(t0)
     h = sums.hess + d2_prior(t0)
     newton = jnp.maximum(t0 - g / jnp.where(h < 0, h, -jnp.inf), t_min)
+    return newton, _em_step(sums, t0, log_prior, t_min)[0]
 
-    # EM: maximise Q on u = log t, Newton steps accepted only where Q rises
-    # (everything here has the size of s, not of the data).
+
+def _em_step(sums: SSums, t0: Array, log_prior, t_min: Array) -> tuple[Array, Array]:
+    """The EM update and the rise of its surrogate, a lower bound on the rise of
+    ``F``: maximise ``Q`` on ``u = log t``, Newton steps accepted only where ``Q``
+    rises (everything here has the size of ``s``, not of the data)."""
     count = jnp.maximum(sums.count, 1.0)
 
     def surrogate(u):
@@ -122,10 +161,42 @@ def s_candidates(
         h_u = d2q(u)
         return keep_better(u - dq(u) / jnp.where(h_u < 0, h_u, -jnp.inf), u, q)
 
-    u = jnp.log(t0)
+    u0 = jnp.log(t0)
+    q0 = surrogate(u0)
     start = jnp.log(jnp.maximum(sums.ex2 / count, t_min))  # the maximiser, no prior
-    u, _ = jax.lax.fori_loop(0, 4, newton_u, keep_better(start, u, surrogate(u)))
-    return newton, jnp.maximum(jnp.exp(u), t_min)
+    u, q = jax.lax.fori_loop(0, 4, newton_u, keep_better(start, u0, q0))
+    return jnp.maximum(jnp.exp(u), t_min), q - q0
+
+
+def s_bound_step(
+    sums: SSums, t0: Array, prior: dist.Distribution, t_min: Array
+) -> Array:
+    r"""The new ``t = s²`` from one pass over the data, never lowering ``F`` for a
+    prior whose log density is convex in ``t`` (`needs_check` False).
+
+    On :math:`[t_0, 4t_0]` the data term's curvature is bounded,
+    :math:`-F'' = \sum_n e_n/v_n^3 - 1/(2v_n^2) \le \sum_n e_n a_n^3 -
+    \tfrac12\sum_n (\sigma_n^2 + 4t_0)^{-2} = M_+` (:math:`v = \sigma^2 + t`,
+    :math:`a = 1/v_0`), and on :math:`[t_0/4, t_0]` by :math:`M_- = \sum_n
+    e_n (\sigma_n^2 + t_0/4)^{-3} - \tfrac12 \sum_n a_n^2`; a convex log prior
+    only adds curvature of the helpful sign. So
+    :math:`F(t_0 + \delta) \ge F(t_0) + g\delta - \tfrac12 M\delta^2`, whose
+    maximiser within the interval is a safe step (about Newton's near the
+    optimum). The EM update is safe too; the step with the larger guaranteed rise
+    is taken.
+    """
+    log_prior = lambda t: _log_prior(prior, t, t_min)
+    g = sums.grad + jax.grad(lambda t: jnp.sum(log_prior(t)))(t0)
+    up = g > 0
+    M = jnp.where(up, sums.ea3 - 0.5 * sums.hi2, sums.lo3 - 0.5 * sums.a2)
+    lo = jnp.maximum(LOWER * t0, t_min) - t0
+    hi = (UPPER - 1.0) * t0
+    far = jnp.where(up, hi, lo)
+    delta = jnp.where(M > 0, g / jnp.where(M > 0, M, 1.0), far)
+    delta = jnp.clip(delta, lo, hi)
+    rise = g * delta - 0.5 * jnp.maximum(M, 0.0) * delta**2
+    em, em_rise = _em_step(sums, t0, log_prior, t_min)
+    return jnp.where(rise > em_rise, t0 + delta, em)
 
 
 def s_select(
@@ -162,13 +233,18 @@ def s_step(
     minorises :math:`F`, so raising :math:`Q` never lowers :math:`F`. The Newton
     step is kept where it raises :math:`F`, else the EM update.
 
-    The data enter through two passes: `s_sums` at the current value, then
-    `s_value` at the Newton candidate; a chunked caller sums both over chunks of
-    stars and gets the same step (`pollux.core.em`).
+    For a prior whose log density is convex in :math:`t` (HalfNormal,
+    HalfCauchy, Exponential, flat) the Newton step is replaced by the maximiser
+    of a lower bound on :math:`F` (`s_bound_step`), safe without evaluating
+    :math:`F` again: one pass over the data (`s_sums`). Otherwise the Newton step
+    is checked with a second pass (`s_value`). A chunked caller sums both over
+    chunks of stars and gets the same step (`pollux.core.em`).
     """
     t_min = s_floor(block)
     t0 = jnp.maximum(jnp.square(s), t_min)
     sums = s_sums(block, e, t0, scalar)
+    if not needs_check(prior):
+        return jnp.sqrt(s_bound_step(sums, t0, prior, t_min))
     newton, em = s_candidates(sums, t0, prior, t_min)
     value = s_value(block, e, newton, scalar)
     return s_select(sums, value, t0, newton, em, prior, t_min)
