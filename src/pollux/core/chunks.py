@@ -48,7 +48,7 @@ def auto_chunk_size(
     ``(stars, K+1, K+1)`` ones.
 
     >>> auto_chunk_size(100_000, 7214 + 4, 32, 4)
-    2290
+    2161
     """
     per_star = itemsize * (8 * width + 4 * (k + 1) ** 2)
     return int(max(1, min(n, budget // per_star)))

@@ -174,7 +174,8 @@ def s_bound_step(
     r"""The new ``t = s²`` from one pass over the data, never lowering ``F`` for a
     prior whose log density is convex in ``t`` (`needs_check` False).
 
-    On :math:`[t_0, 4t_0]` the data term's curvature is bounded,
+    Above :math:`t_0` the data term's curvature is bounded by
+    :math:`\sum_n e_n a_n^3` (:math:`a = 1/v_0`); on :math:`[t_0, 4t_0]` more tightly,
     :math:`-F'' = \sum_n e_n/v_n^3 - 1/(2v_n^2) \le \sum_n e_n a_n^3 -
     \tfrac12\sum_n (\sigma_n^2 + 4t_0)^{-2} = M_+` (:math:`v = \sigma^2 + t`,
     :math:`a = 1/v_0`), and on :math:`[t_0/4, t_0]` by :math:`M_- = \sum_n
@@ -187,16 +188,30 @@ def s_bound_step(
     """
     log_prior = lambda t: _log_prior(prior, t, t_min)
     g = sums.grad + jax.grad(lambda t: jnp.sum(log_prior(t)))(t0)
-    up = g > 0
-    M = jnp.where(up, sums.ea3 - 0.5 * sums.hi2, sums.lo3 - 0.5 * sums.a2)
     lo = jnp.maximum(LOWER * t0, t_min) - t0
-    hi = (UPPER - 1.0) * t0
-    far = jnp.where(up, hi, lo)
-    delta = jnp.where(M > 0, g / jnp.where(M > 0, M, 1.0), far)
-    delta = jnp.clip(delta, lo, hi)
-    rise = g * delta - 0.5 * jnp.maximum(M, 0.0) * delta**2
-    em, em_rise = _em_step(sums, t0, log_prior, t_min)
-    return jnp.where(rise > em_rise, t0 + delta, em)
+
+    def bound_step(M, lower, upper):
+        """Maximiser of ``gδ − Mδ²/2`` on ``[lower, upper]`` and its value."""
+        delta = jnp.where(M > 0, g / jnp.where(M > 0, M, 1.0), jnp.sign(g) * jnp.inf)
+        delta = jnp.clip(delta, lower, upper)
+        delta = jnp.where(jnp.isfinite(delta), delta, 0.0)
+        return delta, g * delta - 0.5 * jnp.maximum(M, 0.0) * delta**2
+
+    # Three bounds: above t0 without limit (e a³ bounds −F'' for every t ≥ t0),
+    # above within 4 t0 and below within t0/4 (tighter: about Newton's step).
+    zero = jnp.zeros_like(g)
+    steps = [
+        bound_step(sums.ea3, zero, jnp.inf),
+        bound_step(sums.ea3 - 0.5 * sums.hi2, zero, (UPPER - 1.0) * t0),
+        bound_step(sums.lo3 - 0.5 * sums.a2, lo, zero),
+    ]
+    em, best = _em_step(sums, t0, log_prior, t_min)
+    t_new = em
+    for delta, rise in steps:
+        better = rise > best
+        t_new = jnp.where(better, t0 + delta, t_new)
+        best = jnp.where(better, rise, best)
+    return jnp.maximum(t_new, t_min)
 
 
 def s_select(

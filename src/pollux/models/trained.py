@@ -448,7 +448,7 @@ class TrainedModel:
                     for k, v in pre.items()
                 }
             )
-        chi2 = sum(np.nansum(r**2, 1) for r in resid.values())
+        chi2 = sum(_chi2(r) for r in resid.values())
         n_obs = sum(np.isfinite(r).sum(1) for r in resid.values())
         k = self.lux.latent_size
         reduced = np.where(n_obs > 0, chi2 / np.maximum(n_obs - k, 1), np.nan)
@@ -508,20 +508,34 @@ class TrainedModel:
     def _residuals(
         self, pre: PolluxData, given: Sequence[str], z: Any
     ) -> dict[str, np.ndarray]:
-        """``(y − f(z)) / sqrt(σ² + s²)`` of each given output, NaN where unobserved."""
+        """``(y − f(z)) / sqrt(σ² + s²)`` of each given output, NaN where unobserved,
+        in the data's float precision (at least float32), computed in place."""
         params = self.result.params
         model_values = self.lux.predict_outputs(z, params, names=list(given))
         out = {}
         for name in given:
-            y = np.asarray(pre[name].data, dtype=float)
+            y = np.asarray(pre[name].data)
+            dtype = np.result_type(y.dtype, np.float32)
+            resid = np.array(y, dtype=dtype)
+            resid -= np.asarray(model_values[name], dtype=dtype)
             err = pre[name].err
-            err = np.zeros_like(y) if err is None else np.asarray(err, dtype=float)
-            s = np.asarray(params[name].get(SCATTER, 0.0), dtype=float)
-            sd = np.sqrt(err**2 + s**2)
-            ok = np.isfinite(y) & np.isfinite(sd) & (sd > 0)
-            resid = y - np.asarray(model_values[name], dtype=float)
-            out[name] = np.where(ok, resid / np.where(ok, sd, 1.0), np.nan)
+            s2 = np.square(np.asarray(params[name].get(SCATTER, 0.0), dtype=dtype))
+            sd = np.square(np.asarray(err, dtype=dtype)) if err is not None else None
+            sd = np.broadcast_to(s2, y.shape).copy() if sd is None else sd + s2
+            bad = ~(np.isfinite(resid) & np.isfinite(sd) & (sd > 0))
+            np.sqrt(sd, out=sd)
+            sd[bad] = 1.0
+            resid /= sd
+            resid[bad] = np.nan
+            out[name] = resid
         return out
+
+
+def _chi2(resid: np.ndarray) -> np.ndarray:
+    """``Σ r²`` of each row over its finite entries, accumulated in float64."""
+    sq = np.square(resid)
+    np.nan_to_num(sq, copy=False, nan=0.0)
+    return sq.sum(axis=1, dtype=np.float64)
 
 
 def _bits(mask: Any, name: str) -> np.ndarray:
