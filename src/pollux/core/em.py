@@ -91,7 +91,7 @@ def _neg_log_prior(problem: EMProblem, params: Params) -> Array:
 
 
 def _chunk_size(problem: EMProblem) -> int:
-    n = problem.blocks[0].y.shape[0]
+    n = problem.blocks[0].values.shape[0]
     return n if problem.chunk_size is None else min(problem.chunk_size, n)
 
 
@@ -118,8 +118,8 @@ def _posterior_pass(
     regression), without an objective.
     """
     blocks = problem.blocks
-    n, size = blocks[0].y.shape[0], _chunk_size(problem)
-    dtype = blocks[0].y.dtype
+    n, size = blocks[0].values.shape[0], _chunk_size(problem)
+    dtype = blocks[0].values.dtype
     k = params[0]["A"].shape[1]
     Ws = tuple(p["A"] for p in params)
     bs = tuple(p["b"] for p in params)
@@ -336,7 +336,7 @@ def _squarem_cycle(
             losses.at[i].set(loss),
         )
 
-    losses = jnp.zeros(3, problem.blocks[0].y.dtype)
+    losses = jnp.zeros(3, problem.blocks[0].values.dtype)
     _, p2, p3, losses = jax.lax.fori_loop(0, 3, body, (params, params, params, losses))
     ok = jnp.isfinite(losses[2]) & (losses[2] <= losses[1])
     return _select(ok, p3, p2), losses[0]

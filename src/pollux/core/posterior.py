@@ -78,9 +78,9 @@ def latent_posterior(
 
     The latent prior is Normal(0, I / prior_precision) (``prior_precision=0``: flat).
     """
-    n = blocks[0].y.shape[0]
+    n = blocks[0].values.shape[0]
     k = Ws[0].shape[1]
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     P = jnp.broadcast_to(prior_precision * jnp.eye(k, dtype=dtype), (n, k, k))
     h = jnp.zeros((n, k), dtype)
     quad = jnp.zeros((), dtype)
@@ -123,9 +123,9 @@ def posterior_moments(
 ) -> tuple[Float[Array, "n k"], Float[Array, "n k k"]]:
     """Jitted `latent_posterior` under a unit Normal prior: ``(mean, cov)``,
     ``chunk_size`` stars at a time (None: all at once)."""
-    n, k = blocks[0].y.shape[0], Ws[0].shape[1]
+    n, k = blocks[0].values.shape[0], Ws[0].shape[1]
     size = n if chunk_size is None else min(chunk_size, n)
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
 
     def body(start, valid, carry):
         mean, cov = carry

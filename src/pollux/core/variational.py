@@ -73,9 +73,9 @@ def star_stats(
 ) -> StarStats:
     """`StarStats` of outputs with feature weights ``thetas`` on the features
     ``index`` (positions in ``φ``) and extra scatter ``s2s``."""
-    n = blocks[0].y.shape[0]
+    n = blocks[0].values.shape[0]
     m = n_features(k)
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     R = jnp.zeros((n, m, m), dtype)
     h = jnp.zeros((n, m), dtype)
     c = jnp.zeros((n,), dtype)

@@ -208,7 +208,8 @@ def _check_variance_defined(
             "'s'; give OutputData(err=...) or add an 's' prior to its transform"
         )
         raise ValueError(msg)
-    if bool(jnp.any((block.errors == 0) & ~jnp.isnan(block.values))):
+    zero_err = np.asarray(block.errors) == 0  # on the host: no compiled program
+    if zero_err.any() and (zero_err & ~np.isnan(np.asarray(block.values))).any():
         msg = (
             f"{call}: output {name!r} has observed values with zero error and no "
             "extra scatter 's'; the likelihood would be infinite. Give positive "

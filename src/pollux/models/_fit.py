@@ -69,7 +69,7 @@ def _count_observed(blocks: tuple) -> Array:
 def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
     """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
     ``max_iter`` iterations; returns ``(state, losses, n_iter, converged)``."""
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     n_obs = max(int(_count_observed(tuple(blocks))), 1)
     threshold = jnp.asarray(tol * n_obs, dtype)
     prev = jnp.asarray(jnp.inf, dtype)
@@ -134,7 +134,7 @@ def fit_em(
     n, k = len(data), model.latent_size
     fixed = check_params(model, fixed_params, n, call)
     blocks = blocks_for(model, data, names, fixed, call)
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     settings = {
         "names": names,
         "max_iter": max_iter,
@@ -146,7 +146,7 @@ def fit_em(
         return _fit_vem(
             model, data, names, fixed, blocks, settings, progress=progress, call=call
         )
-    size = chunk_size_for(chunk_size, n, (b.y.shape[1] for b in blocks), k, dtype)
+    size = chunk_size_for(chunk_size, n, (b.values.shape[1] for b in blocks), k, dtype)
     problem, params = em_problem(
         model,
         names,
@@ -246,7 +246,7 @@ def _fit_vem(
 ) -> FitResult:
     """Variational EM (`pollux.core.vem`) for fits with a quadratic output."""
     k, n = model.latent_size, len(data)
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     z_fixed = fixed.get(LATENTS)
     problem, params = vem_problem(model, names, blocks, fixed, call, z_fixed)
     if problem.fixed_latents is not None:
@@ -322,7 +322,7 @@ def infer_latents(
         model, without_latents(params), len(data), call, "params", required=names
     )
     blocks = blocks_for(model, data, names, params, call)
-    dtype = blocks[0].y.dtype
+    dtype = blocks[0].values.dtype
     require_scatter(model, params, names, call)
     if quadratic:
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
@@ -333,7 +333,7 @@ def infer_latents(
     size = chunk_size_for(
         chunk_size,
         len(data),
-        (b.y.shape[1] for b in blocks),
+        (b.values.shape[1] for b in blocks),
         model.latent_size,
         dtype,
     )

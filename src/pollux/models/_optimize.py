@@ -83,7 +83,7 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     k = model.latent_size
     values: dict[str, Any] = {}
     block_list = tuple(blocks[name] for name in names)
-    dtype = block_list[0].y.dtype
+    dtype = block_list[0].values.dtype
     transforms_fixed = all(
         is_affine(model.outputs[n_])
         and all(p in fixed.get(n_, {}) for p in model.outputs[n_].param_shapes(k, n))
@@ -172,12 +172,12 @@ def _check_output_shapes(model, names, blocks, fixed, n, call) -> None:
         t = model.outputs[name]
         fx = fixed.get(name, {})
         structs = {
-            p: jax.ShapeDtypeStruct(shape, blocks[name].y.dtype)
+            p: jax.ShapeDtypeStruct(shape, blocks[name].values.dtype)
             for p, shape in t.param_shapes(k, n).items()
             if p != SCATTER
         }
         structs.update({p: v for p, v in fx.items() if p != SCATTER})
-        z = jax.ShapeDtypeStruct((n, k), blocks[name].y.dtype)
+        z = jax.ShapeDtypeStruct((n, k), blocks[name].values.dtype)
         try:
             out = jax.eval_shape(lambda z, p, t=t: t.apply(z, **p), z, structs)
         except Exception as err:
@@ -220,7 +220,7 @@ def optimize_map(
     latent_dist = latent_prior_dist(latent_prior, n, k, call)
     block_list = blocks_for(model, data, names, fixed, call)
     blocks = dict(zip(names, block_list, strict=True))
-    dtype = block_list[0].y.dtype
+    dtype = block_list[0].values.dtype
     fixed = jax.tree.map(lambda a: jnp.asarray(a, dtype), fixed)
     _check_output_shapes(model, names, blocks, fixed, n, call)
 

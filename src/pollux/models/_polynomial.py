@@ -127,8 +127,8 @@ def vem_problem(
     """The `VEMProblem` of the outputs ``names`` and start parameters (fixed values
     where given, else zero weights and unit scatter)."""
     k = model.latent_size
-    n = blocks[0].y.shape[0]
-    dtype = blocks[0].y.dtype
+    n = blocks[0].values.shape[0]
+    dtype = blocks[0].values.dtype
     specs, priors, ridges, params = [], [], [], []
     for name in names:
         t = model.outputs[name]
@@ -220,7 +220,7 @@ def posterior_polynomial(
     """
     index = tuple(feature_index(kind, k) for kind in kinds)
     stats = star_stats(blocks, thetas, index, s2s, k)
-    modes = map_modes(stats, _starts(k, blocks[0].y.dtype), n_iter)
+    modes = map_modes(stats, _starts(k, blocks[0].values.dtype), n_iter)
     mean, prec, _ = e_step(stats, modes.mean, modes.prec, n_iter)
     return mean, inverse_from_cholesky(cholesky(prec)), modes.multimodal
 

@@ -81,8 +81,8 @@ def em_problem(
     ``ridge_from_priors=False`` uses flat ridges (any prior accepted).
     """
     k = model.latent_size
-    n = blocks[0].y.shape[0]
-    dtype = blocks[0].y.dtype
+    n = blocks[0].values.shape[0]
+    dtype = blocks[0].values.dtype
     specs, priors, ridges, params = [], [], [], []
     for name in names:
         t = model.outputs[name]

@@ -184,7 +184,7 @@ class CannonModel:
             required=[self.flux],
         )
         blocks = blocks_for(self.model, data, [self.flux], params, call)
-        dtype = blocks[0].y.dtype
+        dtype = blocks[0].values.dtype
         thetas, _, s2s = polynomial_thetas(self.model, params, [self.flux], dtype)
         mean, cov = _test_step(blocks, thetas, s2s, self.n_labels)
         err = jnp.sqrt(jnp.diagonal(cov, axis1=1, axis2=2))
@@ -196,7 +196,7 @@ def _test_step(blocks, thetas, s2s, k: int) -> tuple[Any, Any]:
     stats = star_stats(blocks, thetas, (feature_index("quadratic", k),), s2s, k)
     eye = 1.5 * np.eye(k)
     starts = jnp.asarray(
-        np.concatenate([np.zeros((1, k)), eye, -eye]), blocks[0].y.dtype
+        np.concatenate([np.zeros((1, k)), eye, -eye]), blocks[0].values.dtype
     )
     modes = map_modes(stats, starts, 30, prior_precision=0.0)
     return modes.mean, inverse_from_cholesky(cholesky(modes.prec))
