@@ -35,12 +35,18 @@ def _inputs(rng, n, d, frac_missing=0.2):
     return block, e
 
 
-PRIORS = [dist.HalfNormal(1.0), dist.HalfNormal(0.05), dist.HalfCauchy(0.5)]
+# The first three: the one-pass bound step; Gamma (log p(√t) not convex in t): the
+# checked Newton step.
+PRIORS = [
+    dist.HalfNormal(1.0),
+    dist.HalfNormal(0.05),
+    dist.HalfCauchy(0.5),
+    dist.Gamma(2.0, 4.0),
+]
+IDS = ["HalfNormal1", "HalfNormal0.05", "HalfCauchy", "Gamma"]
 
 
-@pytest.mark.parametrize(
-    "prior", PRIORS, ids=["HalfNormal1", "HalfNormal0.05", "HalfCauchy"]
-)
+@pytest.mark.parametrize("prior", PRIORS, ids=IDS)
 @pytest.mark.parametrize("seed", range(5))
 def test_s_step_never_lowers_the_objective(prior, seed):
     rng = np.random.default_rng(seed)
@@ -58,9 +64,7 @@ def test_s_step_never_lowers_the_objective(prior, seed):
         assert after >= before - n * 10 * np.finfo(float).eps, (j, before, after)
 
 
-@pytest.mark.parametrize(
-    "prior", PRIORS, ids=["HalfNormal1", "HalfNormal0.05", "HalfCauchy"]
-)
+@pytest.mark.parametrize("prior", PRIORS, ids=IDS)
 def test_iterated_s_step_reaches_the_scalar_maximum(prior):
     rng = np.random.default_rng(11)
     n, d = 200, 4

@@ -32,6 +32,8 @@ from test_fit import (  # noqa: E402
     _random_params,
 )
 
+import pollux as plx  # noqa: E402
+
 EPS = np.finfo(np.float64).eps
 RTOL_FIT = 1e-7
 RTOL_STAR = 1e3 * EPS
@@ -75,6 +77,32 @@ def test_chunked_em_sweeps_equal_unchunked(config, size):
     np.testing.assert_allclose(
         chunked.posterior.cov, whole.posterior.cov, rtol=RTOL_FIT, atol=1e-9
     )
+
+
+def test_chunked_checked_newton_s_step_equals_unchunked():
+    """A Gamma prior on s takes the s-step with a second data pass (pass C)."""
+    import numpyro.distributions as dist
+
+    from pollux.models.transforms import AffineTransform, LinearTransform
+
+    def fit(chunk_size):
+        model = plx.LuxModel(latent_size=2)
+        prior = {"s": dist.Gamma(2.0, 10.0).expand((6,))}
+        model.register_output("flux", AffineTransform(6, param_priors=prior))
+        model.register_output("label", LinearTransform(2))
+        return model.fit(
+            _data(),
+            max_iter=20,
+            tol=0.0,
+            progress=False,
+            accelerate=False,
+            chunk_size=chunk_size,
+        )
+
+    whole, chunked = fit(N), fit(7)
+    assert np.all(np.diff(whole.losses) <= 1e-9 * np.abs(whole.losses[1:]))
+    np.testing.assert_allclose(chunked.losses, whole.losses, rtol=RTOL_FIT)
+    _assert_tree_close(chunked.params["flux"], whole.params["flux"], RTOL_FIT, 1e-9)
 
 
 @pytest.mark.parametrize("config", ["scatter", "fixed_latents"])

@@ -208,15 +208,15 @@ def _s_steps(
         d = params[i]["A"].shape[0]
         return jnp.zeros((), mean.dtype) if scalar[i] else jnp.zeros(d, mean.dtype)
 
+    checked = [i for i in free if needs_check(priors[i])]
     sums = fold(
         free,
-        lambda i, block, e: s_sums(block, e, t0[i], scalar[i]),
+        lambda i, block, e: s_sums(block, e, t0[i], scalar[i], i in checked),
         tuple(SSums(*[zeros(i)] * len(SSums._fields)) for i in free),
     )
     sums = dict(zip(free, sums, strict=True))
     new = list(params)
     # Outputs whose prior needs it: a Newton step checked by a pass (C).
-    checked = [i for i in free if needs_check(priors[i])]
     cands = {i: s_candidates(sums[i], t0[i], priors[i], floors[i]) for i in checked}
     values = fold(
         checked,

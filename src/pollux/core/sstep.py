@@ -57,7 +57,7 @@ class SSums(NamedTuple):
     hi2: Array  # Σ 1 / (σ² + 4 t0)²
 
 
-LOWER, UPPER = 0.25, 4.0  # the bound step stays within [t0/4, 4 t0]
+LOWER, UPPER = 0.25, 4.0  # intervals [t0/4, t0] and [t0, 4 t0] of the tight bounds
 
 # Priors whose log density log p(√t) is convex in t = s² (or linear): their
 # curvature only helps the bound step, which then needs no check.
@@ -97,8 +97,12 @@ def s_value(block: Block, e: Float[Array, "n d"], t: Array, scalar: bool) -> Arr
     return _reduce(jnp.where(block.mask, -0.5 * (jnp.log(v) + e / v), 0.0), scalar)
 
 
-def s_sums(block: Block, e: Float[Array, "n d"], t0: Array, scalar: bool) -> SSums:
-    """`SSums` of these stars (sums over chunks of stars add up)."""
+def s_sums(
+    block: Block, e: Float[Array, "n d"], t0: Array, scalar: bool, check: bool = True
+) -> SSums:
+    """`SSums` of these stars (sums over chunks of stars add up); without
+    ``check`` (the bound step) ``value`` and ``hess``, which only a checked Newton
+    step uses, are left zero (no logarithms)."""
     mask = block.mask
     v = jnp.where(mask, block.err2 + t0, 1.0)
     a = jnp.where(mask, 1.0 / v, 0.0)
@@ -106,12 +110,14 @@ def s_sums(block: Block, e: Float[Array, "n d"], t0: Array, scalar: bool) -> SSu
     ex2 = jnp.where(mask, t0 * (1.0 - t0 * a) + jnp.square(t0 * a) * e, 0.0)
     a_lo = jnp.where(mask, 1.0 / jnp.where(mask, block.err2 + LOWER * t0, 1.0), 0.0)
     a_hi = jnp.where(mask, 1.0 / jnp.where(mask, block.err2 + UPPER * t0, 1.0), 0.0)
+    grad = _reduce(0.5 * a * (ea - 1.0), scalar)
+    zero = jnp.zeros_like(grad)
     return SSums(
-        grad=_reduce(0.5 * a * (ea - 1.0), scalar),
-        hess=_reduce(a * a * (0.5 - ea), scalar),
+        grad=grad,
+        hess=_reduce(a * a * (0.5 - ea), scalar) if check else zero,
         ex2=_reduce(ex2, scalar),
         count=_reduce(mask.astype(e.dtype), scalar),
-        value=s_value(block, e, t0, scalar),
+        value=s_value(block, e, t0, scalar) if check else zero,
         ea3=_reduce(ea * a * a, scalar),
         a2=_reduce(a * a, scalar),
         lo3=_reduce(e * a_lo**3, scalar),
@@ -257,9 +263,10 @@ def s_step(
     """
     t_min = s_floor(block)
     t0 = jnp.maximum(jnp.square(s), t_min)
-    sums = s_sums(block, e, t0, scalar)
     if not needs_check(prior):
+        sums = s_sums(block, e, t0, scalar, check=False)
         return jnp.sqrt(s_bound_step(sums, t0, prior, t_min))
+    sums = s_sums(block, e, t0, scalar)
     newton, em = s_candidates(sums, t0, prior, t_min)
     value = s_value(block, e, newton, scalar)
     return s_select(sums, value, t0, newton, em, prior, t_min)
