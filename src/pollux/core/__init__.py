@@ -11,6 +11,7 @@ and affine parameters as ``(W, b, s)``. Modules, one concept each:
 - `sstep` — the monotone update of an output's extra scatter;
 - `problem` — `EMProblem`, the data and fixed ingredients of a fit;
 - `em` — EM sweeps, SQUAREM and the compiled loop;
+- `chunks` — loops over chunks of stars and compensated sums (bounded memory);
 - `pca` — deterministic start latents.
 
 Batched factorisations use `linalg` (loops of array operations, no LAPACK calls;

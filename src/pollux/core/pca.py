@@ -67,10 +67,8 @@ class _Centred:
     def rmatmul(self, q: Float[Array, "n r"]) -> Float[Array, "d r"]:
         """``Xᵀ @ q``."""
 
-        def body(start, valid, acc):
-            qc = take_rows(q, start, self.size)
-            qc = jnp.where(valid[:, None], qc, 0.0)
-            return acc.add(self._x(start, valid).T @ qc)
+        def body(start, valid, acc):  # rows not valid are zero in _x
+            return acc.add(self._x(start, valid).T @ take_rows(q, start, self.size))
 
         d = sum(b.values.shape[1] for b in self.blocks)
         init = Accumulator.zeros(jnp.zeros((d, q.shape[1]), self.dtype))
