@@ -11,8 +11,10 @@ per N:
 * ``fit``: the first ``fit(max_iter=3)`` (cold: compiles included) and the same
   again (warm); then ``fit(max_iter=1)`` and ``fit(max_iter=1 + iters)``, whose
   difference gives the seconds per EM sweep (all fits ``accelerate=False, tol=0``);
-  the peak resident memory of the process up to there (``ru_maxrss``) against the
-  data's own size (flux + err bytes); then, in the same process, the two bare matrix
+  the peak resident memory of the process up to there (``ru_maxrss``, data
+  generation and preprocessing included) and of the fits alone (Linux ``VmHWM``,
+  reset once the preprocessed data are ready), the latter against the data's own
+  size (flux + err bytes); then, in the same process, the two bare matrix
   products an EM sweep cannot avoid, jitted, warmed, median of 3:
   ``einsum("nd,nk->dk", W (N, D), Z2 (N, K²))`` and ``W (N, D) @ V (D, K²)``.
   The model is saved with ``model.save(path, result, data=data)``.
@@ -117,6 +119,23 @@ def peak_rss_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # Linux: KiB
 
 
+def reset_peak():
+    """Reset the peak resident memory (Linux ``VmHWM``); returns a function that
+    reads the peak since then (None where that is not possible)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return lambda: None
+
+    def peak() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return None
+
+    return peak
+
+
 def log(msg: str) -> None:
     print(f"  [{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -141,7 +160,10 @@ def worker_fit(n: int, seed: int, iters: int, folder: Path) -> dict:
         label=plx.data.OutputData(arrays["label"], err=arrays["label_err"]),
     ).preprocess()
     del arrays  # the PolluxData holds the values now
+    jax.block_until_ready(data)  # preprocessing runs asynchronously
     out["rss_data"] = rss_bytes()
+    out["peak_data"] = peak_rss_bytes()
+    fit_peak = reset_peak()
     log(f"data: {out['t_data']:.1f} s, {out['data_bytes'] / 1e9:.2f} GB flux + err")
     model = make_model()
 
@@ -170,6 +192,7 @@ def worker_fit(n: int, seed: int, iters: int, folder: Path) -> dict:
         f"{out['t_fit_long']:.1f} s -> {out['t_sweep']:.2f} s per sweep"
     )
     out["peak_rss"] = peak_rss_bytes()
+    out["peak_fit"] = fit_peak()
     model.save(folder / "model.pollux", result, data=data, overwrite=True)
     data = result = None  # free them (the closure `fit` holds `data` by name)
 
@@ -347,7 +370,7 @@ def num(x: float | None, digits: int = 2) -> str:
 
 
 HEADER = (
-    "| N | data GB | est. GB | peak RSS GB | peak/data | (peak-base)/data "
+    "| N | data GB | est. GB | peak RSS GB | fit peak GB | fit peak/data "
     "| sweep s | 2 products s | sweep/products | fit cold s | fit warm s "
     "| label cold s | label warm s | memory stars/s | zarr stars/s |"
 )
@@ -361,8 +384,8 @@ def row(r: dict) -> str:
         )
     return (
         f"| {r['n']} | {gb(r['data_bytes'])} | {gb(r['est_bytes'])} | "
-        f"{gb(r['peak_rss'])} | {num(r['peak_ratio'], 1)} | "
-        f"{num(r['peak_ratio_net'], 1)} | {num(r['t_sweep'])} | {num(r['t_mm'])} | "
+        f"{gb(r['peak_rss'])} | {gb(r.get('peak_fit'))} | "
+        f"{num(r.get('peak_ratio'), 1)} | {num(r['t_sweep'])} | {num(r['t_mm'])} | "
         f"{num(r['sweep_ratio'], 1)} | {num(r['t_fit_cold'], 1)} | "
         f"{num(r['t_fit_warm'], 1)} | {num(r['t_label_cold'], 1)} | "
         f"{num(r['t_label_warm'], 2)} | {num(r['rate_memory'], 0)} | "
@@ -436,8 +459,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="pollux-scale-") as tmp:
             r |= spawn("fit", n, args, Path(tmp))
             r |= spawn("label", n, args, Path(tmp))
-        r["peak_ratio"] = r["peak_rss"] / r["data_bytes"]
-        r["peak_ratio_net"] = (r["peak_rss"] - r["rss_import"]) / r["data_bytes"]
+        if r.get("peak_fit") is not None:
+            r["peak_ratio"] = r["peak_fit"] / r["data_bytes"]
         r["sweep_ratio"] = r["t_sweep"] / r["t_mm"]
         rows.append(r)
         print(row(r), flush=True)
@@ -453,7 +476,8 @@ def main() -> None:
         f"sweep: (fit(max_iter=1+{args.iters}) - fit(max_iter=1)) / {args.iters}, "
         "accelerate=False, tol=0; 2 products: einsum('nd,nk->dk') (N,D)x(N,K²) + "
         "(N,D)@(D,K²), median of 3; peak RSS: ru_maxrss of the fit process "
-        "(base = after imports); label: infer_latents + predict, "
+        "(with data generation and preprocessing); fit peak: VmHWM over the fits "
+        "alone (data resident), against the data's size; label: infer_latents + predict, "
         f"{N_COLD} stars (at most N) cold/warm, chunks of {CHUNK} for memory "
         "stars/s; zarr: label_store on float32 flux + float16 err"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -196,6 +197,13 @@ def check_latents_shape(
         raise ValueError(msg)
 
 
+@jax.jit
+def _any_zero_error(block: Block) -> jax.Array:
+    """Whether an observed value has zero error: one fused pass, no (N, D)
+    temporaries (``np.asarray`` of the arrays would keep a host copy of them)."""
+    return jnp.any((block.errors == 0) & block.mask)
+
+
 def _check_variance_defined(
     block: Block, name: str, has_scatter: bool, has_err: bool, call: str
 ) -> None:
@@ -208,8 +216,7 @@ def _check_variance_defined(
             "'s'; give OutputData(err=...) or add an 's' prior to its transform"
         )
         raise ValueError(msg)
-    zero_err = np.asarray(block.errors) == 0  # on the host: no compiled program
-    if zero_err.any() and (zero_err & ~np.isnan(np.asarray(block.values))).any():
+    if bool(_any_zero_error(block)):
         msg = (
             f"{call}: output {name!r} has observed values with zero error and no "
             "extra scatter 's'; the likelihood would be infinite. Give positive "
