@@ -36,6 +36,7 @@ Prints one table, the command line and the machine; ``--json`` writes the rows.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import resource
@@ -161,6 +162,7 @@ def worker_fit(n: int, seed: int, iters: int, folder: Path) -> dict:
     ).preprocess()
     del arrays  # the PolluxData holds the values now
     jax.block_until_ready(data)  # preprocessing runs asynchronously
+    gc.collect()  # the raw PolluxData (a temporary above) is freed by the collector
     out["rss_data"] = rss_bytes()
     out["peak_data"] = peak_rss_bytes()
     fit_peak = reset_peak()
