@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -17,17 +16,6 @@ import numpy as np
 import pytest
 
 jax.config.update("jax_enable_x64", True)
-
-# The serial suite compiles XLA programs from deep in pytest's (and doctest's) call
-# stack, on the main thread; a fresh-clone run crashed with a segmentation fault
-# inside XLA's compiler ~95% through (not reproducible alone). Let the main
-# thread's stack grow past the usual 8 MiB soft limit (Linux grows it on demand up
-# to this limit).
-_soft, _hard = resource.getrlimit(resource.RLIMIT_STACK)
-_want = 96 * 2**20
-if _soft != resource.RLIM_INFINITY and _soft < _want:
-    _new = _want if _hard == resource.RLIM_INFINITY else min(_want, _hard)
-    resource.setrlimit(resource.RLIMIT_STACK, (_new, _hard))
 
 import pollux as plx  # noqa: E402
 
