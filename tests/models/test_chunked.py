@@ -33,11 +33,18 @@ from test_fit import (  # noqa: E402
 )
 
 import pollux as plx  # noqa: E402
+from pollux.models import _fit as fit_driver  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
 RTOL_FIT = 1e-7
 RTOL_STAR = 1e3 * EPS
 SIZES = [1, 7, 16, N, 3 * N]  # 7 and 16 do not divide N = 40 (overlapping last chunk)
+
+
+@pytest.fixture(autouse=True)
+def _no_padding(monkeypatch):
+    """Run on exactly N stars (no padding to a bucket): the chunk layouts above."""
+    monkeypatch.setattr(fit_driver, "PAD_BYTES", 0)
 
 
 def _fit(config, chunk_size, accelerate: bool, max_iter: int, tol: float = 0.0):

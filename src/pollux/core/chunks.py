@@ -28,9 +28,12 @@ __all__ = [
     "DEFAULT_MEMORY",
     "Accumulator",
     "auto_chunk_size",
+    "bucket",
     "chunk_rows",
     "fold_chunks",
     "n_chunks",
+    "pad_block",
+    "pad_rows",
     "put_rows",
     "take_block",
     "take_rows",
@@ -61,6 +64,41 @@ def n_chunks(n: int, size: int) -> int:
     3
     """
     return -(-n // size)
+
+
+def bucket(n: int) -> int:
+    """The smallest of 8, 12, 16, 24, 32, 48, … (``2^j`` and ``3·2^j``) that is ≥ ``n``.
+
+    Padding a number of stars to its bucket costs at most half as many more rows
+    and leaves two shapes per doubling, so that problems of similar sizes share
+    their compiled programs.
+
+    >>> [bucket(n) for n in (1, 8, 9, 13, 100, 1024, 1025)]
+    [8, 8, 12, 16, 128, 1024, 1536]
+    """
+    size = 8
+    while True:
+        if n <= size:
+            return size
+        if n <= size + size // 2:
+            return size + size // 2
+        size *= 2
+
+
+def pad_rows(x: Array, n: int, fill: float) -> Array:
+    """``x`` with rows of ``fill`` appended up to ``n`` rows (``x`` itself when it has
+    them already)."""
+    extra = n - x.shape[0]
+    if extra <= 0:
+        return x
+    return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)])
+
+
+def pad_block(block: Block, n: int) -> Block:
+    """A `Block` padded to ``n`` stars with missing data (they add exactly zero to
+    every sum of the kernels)."""
+    errors = None if block.errors is None else pad_rows(block.errors, n, jnp.inf)
+    return Block(pad_rows(block.values, n, jnp.nan), errors)
 
 
 def chunk_rows(

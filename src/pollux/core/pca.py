@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from functools import partial
 
 import jax
@@ -25,12 +26,12 @@ class _Centred:
 
         def sums(start, valid, acc):
             chunk = self._chunk(start, valid)
-            return acc.add(
-                tuple(
-                    (jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0, dtype=self.dtype))
-                    for b in chunk
-                )
+            seen = functools.reduce(jnp.logical_or, [b.mask.any(axis=1) for b in chunk])
+            columns = tuple(
+                (jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0, dtype=self.dtype))
+                for b in chunk
             )
+            return acc.add((columns, jnp.sum(seen, dtype=self.dtype)))
 
         zeros = tuple(
             (
@@ -39,8 +40,10 @@ class _Centred:
             )
             for b in blocks
         )
-        totals = fold_chunks(sums, self.n, size, Accumulator.zeros(zeros)).total
+        init = Accumulator.zeros((zeros, jnp.zeros((), self.dtype)))
+        totals, n_seen = fold_chunks(sums, self.n, size, init).total
         self.means = tuple(s / jnp.maximum(c, 1) for s, c in totals)
+        self.n_seen = jnp.maximum(n_seen, 1)  # stars with any observed value
 
     def _chunk(self, start, valid):
         return tuple(take_block(b, start, self.size, valid) for b in self.blocks)
@@ -88,7 +91,8 @@ def pca_latents(
     blocks: tuple[Block, ...], k: int, chunk_size: int | None = None
 ) -> Float[Array, "n k"]:
     """Leading ``k`` principal-component scores of the mean-centred outputs,
-    scaled to unit variance (missing entries count as the column mean).
+    scaled to unit variance over the stars with data (missing entries count as the
+    column mean; stars without any observed value, such as padding, score zero).
 
     Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible;
     the data are read ``chunk_size`` stars at a time (None: all at once). Its QR
@@ -102,7 +106,7 @@ def pca_latents(
     r = min(k + 8, d, n)
     omega = jax.random.normal(jax.random.PRNGKey(0), (d, r), x.dtype)
     u = _pca(x, omega)[:, : min(k, r)]
-    z = u * jnp.sqrt(n)
+    z = u * jnp.sqrt(x.n_seen)
     if z.shape[1] < k:  # fewer data dimensions than latents: small fixed noise
         extra = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (n, k - z.shape[1]))
         z = jnp.concatenate([z, extra.astype(z.dtype)], axis=1)

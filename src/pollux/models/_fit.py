@@ -23,7 +23,7 @@ from .._params import (
     without_latents,
 )
 from ..core import em, vem
-from ..core.chunks import auto_chunk_size
+from ..core.chunks import auto_chunk_size, bucket, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
 from ..core.posterior import posterior_moments, predictive
@@ -59,6 +59,13 @@ __all__ = ["fit_em", "infer_latents", "predict"]
 
 _CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
 _INNER = 5  # natural-gradient updates of the latent posteriors per variational sweep
+
+#: Closed-form fits, posteriors and predictions whose padded arrays take at most
+#: this many bytes run on a number of stars padded with missing ones to its
+#: `~pollux.core.chunks.bucket` (then a few more or fewer stars reuse the compiled
+#: programs: cross-validation folds, batches). Larger problems are not padded: the
+#: copy would cost memory, and compiling is short against their run time.
+PAD_BYTES = 64 * 2**20
 
 
 @jax.jit
@@ -96,6 +103,23 @@ def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
             bar.update(n_done)
             bar.set_postfix(loss=f"{values[-1]:.6g}")
     return state, losses, n_iter, converged
+
+
+def padded_size(n: int, row_bytes: int) -> int:
+    """Stars the kernels run on: ``n`` padded to its bucket when the padded arrays
+    (``row_bytes`` per star) take at most `PAD_BYTES`, else ``n``."""
+    size = bucket(n)
+    return size if size * row_bytes <= PAD_BYTES else n
+
+
+def _pad_blocks(blocks: tuple) -> tuple[tuple, int]:
+    """``blocks`` padded with missing stars (`padded_size`), and their length."""
+    row = sum(
+        b.values.shape[1] * b.values.dtype.itemsize * (1 if b.errors is None else 2)
+        for b in blocks
+    )
+    n = padded_size(blocks[0].values.shape[0], row)
+    return tuple(pad_block(b, n) for b in blocks), n
 
 
 def chunk_size_for(
@@ -146,14 +170,18 @@ def fit_em(
         return _fit_vem(
             model, data, names, fixed, blocks, settings, progress=progress, call=call
         )
-    size = chunk_size_for(chunk_size, n, (b.values.shape[1] for b in blocks), k, dtype)
+    blocks, n_pad = _pad_blocks(blocks)
+    size = chunk_size_for(
+        chunk_size, n_pad, (b.values.shape[1] for b in blocks), k, dtype
+    )
+    z_fixed = fixed.get(LATENTS)
     problem, params = em_problem(
         model,
         names,
         blocks,
         fixed,
         call,
-        fixed_latents=fixed.get(LATENTS),
+        fixed_latents=None if z_fixed is None else pad_rows(z_fixed, n_pad, 0.0),
         chunk_size=size,
     )
     z_fixed = problem.fixed_latents
@@ -187,14 +215,14 @@ def fit_em(
             entry[SCATTER] = p[SCATTER]
         out[name] = entry
     if z_fixed is not None:
-        out[LATENTS] = z_fixed
+        mean = out[LATENTS] = z_fixed[:n]
         cov = jnp.zeros((n, k, k), dtype)
     else:
-        out[LATENTS] = post.mean
-        cov = post.cov
+        mean = out[LATENTS] = post.mean[:n]
+        cov = post.cov[:n]
     return FitResult(
         params=out,
-        posterior=LatentPosterior(post.mean, cov),
+        posterior=LatentPosterior(mean, cov),
         losses=all_losses,
         n_iter=n_iter,
         converged=converged,
@@ -330,9 +358,11 @@ def infer_latents(
             blocks, thetas, s2s, kinds, model.latent_size
         )
         return LatentPosterior(mean, cov, flags)
+    n = len(data)
+    blocks, n_pad = _pad_blocks(blocks)
     size = chunk_size_for(
         chunk_size,
-        len(data),
+        n_pad,
         (b.values.shape[1] for b in blocks),
         model.latent_size,
         dtype,
@@ -340,7 +370,7 @@ def infer_latents(
     mean, cov = posterior_moments(
         blocks, *affine_params(model, params, names, dtype), chunk_size=size
     )
-    return LatentPosterior(mean, cov)
+    return LatentPosterior(mean[:n], cov[:n])
 
 
 def _check_param_cov(
@@ -413,19 +443,22 @@ def predict(
             out[name] = OutputData(mean, err=err, preprocessed=True)
         return PolluxData(**out)
     n = posterior.mean.shape[0]
-    for name, W, b, s2 in zip(
-        names, *affine_params(model, params, names, dtype), strict=True
-    ):
+    affine = affine_params(model, params, names, dtype)
+    row = 2 * sum(W.shape[0] for W in affine[0]) * np.dtype(dtype).itemsize
+    n_pad = padded_size(n, row)
+    z_mean = pad_rows(posterior.mean, n_pad, 0.0)
+    z_cov = pad_rows(posterior.cov, n_pad, 0.0)
+    for name, W, b, s2 in zip(names, *affine, strict=True):
         C = row_covs.get(name)
-        size = chunk_size_for(chunk_size, n, [W.shape[0]], model.latent_size, dtype)
+        size = chunk_size_for(chunk_size, n_pad, [W.shape[0]], model.latent_size, dtype)
         mean, err = predictive(
-            posterior.mean,
-            posterior.cov,
+            z_mean,
+            z_cov,
             W,
             b,
             s2,
             None if C is None else C.astype(dtype),
             chunk_size=size,
         )
-        out[name] = OutputData(mean, err=err, preprocessed=True)
+        out[name] = OutputData(mean[:n], err=err[:n], preprocessed=True)
     return PolluxData(**out)

@@ -1,0 +1,119 @@
+"""Small problems run padded with missing stars to a bucket size (`_fit.PAD_BYTES`).
+
+The padded stars have no observed value: they add exactly zero to every sum, so a
+padded call gives the unpadded result up to the order of the sums (tolerances as
+in test_chunked), and calls on a few more or fewer stars in the same bucket reuse
+the compiled programs.
+"""
+
+from __future__ import annotations
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from test_chunked import RTOL_FIT, RTOL_STAR  # noqa: E402
+from test_fit import CONFIGS, N, _data, _fixed, _model  # noqa: E402
+
+from pollux.core import em, pca, posterior  # noqa: E402
+from pollux.data import OutputData, PolluxData  # noqa: E402
+from pollux.models import _fit  # noqa: E402
+
+PROGRAMS = (
+    em.em_chunk,
+    em.initialize,
+    em.final_state,
+    pca.pca_latents,
+    posterior.posterior_moments,
+    posterior.predictive,
+)
+
+
+def _first(n: int) -> PolluxData:
+    data = _data()
+    return PolluxData(
+        **{
+            name: OutputData(data[name].data[:n], err=data[name].err[:n])
+            for name in data.names
+        }
+    )
+
+
+def _fixed_first(config: str, n: int):
+    fixed = _fixed(config)
+    if fixed is not None and "latents" in fixed:
+        fixed = {**fixed, "latents": fixed["latents"][:n]}
+    return fixed
+
+
+def _run(config: str, n: int, max_iter: int = 20):
+    model = _model(*CONFIGS[config])
+    data = _first(n)
+    fit = model.fit(
+        data,
+        fixed_params=_fixed_first(config, n),
+        max_iter=max_iter,
+        tol=0.0,
+        progress=False,
+        accelerate=False,
+    )
+    post = model.infer_latents(data, fit.params, names=["flux"])
+    pred = model.predict(post, fit.params, names=["label"], param_cov=fit.param_cov)
+    return fit, post, pred
+
+
+def test_bucket_sizes():
+    assert _fit.padded_size(40, 100) == 48
+    assert _fit.padded_size(48, 100) == 48
+    assert _fit.padded_size(49, 100) == 64
+    # too large to copy: not padded
+    assert _fit.padded_size(40, _fit.PAD_BYTES // 40) == 40
+
+
+@pytest.mark.parametrize("config", ["scatter", "fixed_latents"])
+def test_padded_calls_equal_unpadded(config, monkeypatch):
+    n = N - 3  # padded to 48
+    fit, post, pred = _run(config, n)
+    monkeypatch.setattr(_fit, "PAD_BYTES", 0)
+    fit0, post0, pred0 = _run(config, n)
+
+    assert fit.posterior.mean.shape == fit0.posterior.mean.shape == (n, 2)
+    np.testing.assert_allclose(fit.losses, fit0.losses, rtol=RTOL_FIT)
+    for name in ("flux", "label"):
+        for key, value in fit0.params[name].items():
+            np.testing.assert_allclose(
+                fit.params[name][key], value, rtol=RTOL_FIT, atol=1e-9
+            )
+    assert post.mean.shape == (n, 2) and post.cov.shape == (n, 2, 2)
+    np.testing.assert_allclose(post.mean, post0.mean, rtol=RTOL_FIT, atol=1e-9)
+    assert pred["label"].data.shape == (n, 2)
+    np.testing.assert_allclose(
+        pred["label"].data, pred0["label"].data, rtol=RTOL_FIT, atol=1e-9
+    )
+    np.testing.assert_allclose(
+        pred["label"].err, pred0["label"].err, rtol=RTOL_FIT, atol=1e-9
+    )
+
+
+def test_a_few_more_stars_reuse_the_compiled_programs():
+    _run("scatter", 33, max_iter=2)  # bucket 48
+    sizes = [f._cache_size() for f in PROGRAMS]
+    _run("scatter", 40, max_iter=2)  # bucket 48: nothing new
+    assert [f._cache_size() for f in PROGRAMS] == sizes
+    _run("scatter", 30, max_iter=2)  # bucket 32: every program again
+    grown = [f._cache_size() for f in PROGRAMS]
+    assert all(g > s for g, s in zip(grown, sizes, strict=True))
+
+
+def test_predict_pads_the_posterior_and_returns_every_star():
+    model = _model(*CONFIGS["plain"])
+    fit, _, _ = _run("plain", N, max_iter=2)
+    post = model.infer_latents(_first(5), fit.params, names=["flux"])
+    assert post.mean.shape == (5, 2)
+    pred = model.predict(post, fit.params)
+    whole = model.infer_latents(_data(), fit.params, names=["flux"])
+    np.testing.assert_allclose(post.mean, whole.mean[:5], rtol=RTOL_STAR, atol=1e-12)
+    assert pred["flux"].data.shape == (5, pred["flux"].data.shape[1])
+    assert np.all(np.isfinite(np.asarray(pred["label"].data)))
