@@ -15,7 +15,8 @@ Prints one table: wall times (after a warm-up run of each path; for fit the medi
 ``--repeat`` runs), flux-only test-label
 RMSE against the true labels, the spread of the z-scores of ``predict``'s
 uncertainties, and the correlation of the recovered extra scatter with the injected
-one. Run ``python benchmarks/seed_workload.py --help`` for the options.
+one. ``--missing 0.03`` makes 3% of the training and test values missing at random.
+Run ``python benchmarks/seed_workload.py --help`` for the options.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 
+from pollux.data import OutputData, PolluxData  # noqa: E402
 from pollux.studies.underestimated import build_models, simulate  # noqa: E402
 from pollux.testing import dense_posterior  # noqa: E402
 
@@ -90,8 +92,26 @@ def run_fit(model, train, test, max_iter, tol):
     return result, pred, t_train, t_apply
 
 
-def oracle_labels(study):
-    """Exact posterior-mean labels given the true matrices and the true noise."""
+def with_missing(data, fraction, rng):
+    """``data`` with a random ``fraction`` of its entries missing (NaN value,
+    infinite error)."""
+    if fraction == 0:
+        return data
+    outputs = {}
+    for name in data.names:
+        out = data[name]
+        values, errors = np.array(out.data), np.array(out.err)
+        gone = rng.random(values.shape) < fraction
+        values[gone], errors[gone] = np.nan, np.inf
+        outputs[name] = OutputData(
+            values, err=errors, preprocessor=out.preprocessor, preprocessed=True
+        )
+    return PolluxData(**outputs)
+
+
+def oracle_labels(study, test):
+    """Exact posterior-mean labels given the true matrices and the true noise
+    (missing test flux has no weight)."""
     flux = study.data["flux"]
     pre = flux.preprocessor
     scale = np.asarray(pre.scale)
@@ -99,7 +119,9 @@ def oracle_labels(study):
     b = -np.asarray(pre.loc) / scale
     err = np.asarray(flux.err)[study.n_train :]
     lam = scale**2 / (err**2 + study.systematic_err**2)
-    y = np.asarray(study.test["flux"].data) - b
+    y = np.asarray(test["flux"].data) - b
+    lam = np.where(np.isnan(y), 0.0, lam)
+    y = np.nan_to_num(y)
     K = B.shape[1]
     prec = np.eye(K)[None] + np.einsum("nd,dk,dl->nkl", lam, B, B)
     z = np.linalg.solve(prec, ((lam * y) @ B)[..., None])[..., 0]
@@ -129,6 +151,12 @@ def main(argv=None) -> dict:
         default=32768,
         help="Adam steps for optimize (tutorial: 32768)",
     )
+    parser.add_argument(
+        "--missing",
+        type=float,
+        default=0.0,
+        help="fraction of training and test values made missing at random",
+    )
     parser.add_argument("--max-iter", type=int, default=1000)
     parser.add_argument("--tol", type=float, default=1e-6)
     parser.add_argument(
@@ -146,7 +174,10 @@ def main(argv=None) -> dict:
         n_labels=args.n_labels,
         n_flux=args.n_flux,
     )
-    train, test, n_train = study.train, study.test, study.n_train
+    rng = np.random.default_rng(args.seed + 1)
+    train = with_missing(study.train, args.missing, rng)
+    test = with_missing(study.test, args.missing, rng)
+    n_train = study.n_train
     true_labels, sys_err = study.true_test_labels, study.systematic_err
     lpre, fpre = study.data["label"].preprocessor, study.data["flux"].preprocessor
     model = build_models(study, latent_size=K)["model 2"]
@@ -178,7 +209,7 @@ def main(argv=None) -> dict:
         "s_corr": float(np.corrcoef(s_fit, sys_err)[0, 1]),
         "n_iter": result.n_iter,
     }
-    oracle = oracle_labels(study)
+    oracle = oracle_labels(study, test)
     rows["oracle"] = {"rmse": rmse(oracle, true_labels)}
 
     if not args.skip_optimize:
@@ -199,7 +230,8 @@ def main(argv=None) -> dict:
     print(
         f"\nworkload: seed={args.seed} n_stars={args.n_stars} (train {n_train}) "
         f"n_latents={args.n_latents} latent_size={K} n_labels={L} "
-        f"n_flux={args.n_flux} optimize steps={args.num_steps} "
+        f"n_flux={args.n_flux} missing={args.missing:g} "
+        f"optimize steps={args.num_steps} "
         f"backend={jax.default_backend()} dtype={jnp.zeros(()).dtype}"
     )
     head = (

@@ -167,7 +167,7 @@ def _posterior_pass(
         Accumulator.zeros((jnp.zeros((), dtype), zeros)),
     )
     mean, cov, acc = fold_chunks(body, n, size, init)
-    nll, stats = acc.total
+    nll, stats = problem.sum_over_stars(acc.total)
     return _Pass(mean if z is None else z, cov, nll, stats)
 
 
@@ -202,7 +202,8 @@ def _s_steps(
                 out.append(terms(i, block, e))
             return acc.add(tuple(out))
 
-        return fold_chunks(body, n, size, Accumulator.zeros(init)).total
+        totals = fold_chunks(body, n, size, Accumulator.zeros(init)).total
+        return problem.sum_over_stars(totals)
 
     def zeros(i):
         d = params[i]["A"].shape[0]
@@ -254,7 +255,8 @@ def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
 
     zero = jnp.zeros((), dtype)
     init = Accumulator.zeros(tuple((zero, zero) for _ in free))
-    totals = dict(zip(free, fold_chunks(body, n, size, init).total, strict=True))
+    totals = problem.sum_over_stars(fold_chunks(body, n, size, init).total)
+    totals = dict(zip(free, totals, strict=True))
     return tuple(
         s_floor_from_sums(*totals[i]) if i in totals else None
         for i in range(len(problem.specs))

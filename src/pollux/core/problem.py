@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -57,6 +58,10 @@ class EMProblem(eqx.Module):
     chunk_size
         Stars per chunk of the kernels' data passes (None: all at once); the
         results do not depend on it beyond float rounding.
+    axis_name
+        Inside `jax.shard_map` over stars: the mesh axis whose shards hold the
+        other stars; every sum over stars is then also summed over it
+        (`jax.lax.psum`). None: this problem holds all the stars.
     """
 
     specs: tuple[OutputSpec, ...] = eqx.field(static=True)
@@ -65,6 +70,7 @@ class EMProblem(eqx.Module):
     ridges: tuple[dict[str, tuple[Array, Array]], ...]
     fixed_latents: Float[Array, "n_stars k"] | None = None
     chunk_size: int | None = eqx.field(static=True, default=None)
+    axis_name: str | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.chunk_size is not None and self.chunk_size < 1:
@@ -76,6 +82,11 @@ class EMProblem(eqx.Module):
                 "EMProblem: specs, blocks, priors and ridges need one entry per output"
             )
             raise ValueError(msg)
+
+    def sum_over_stars(self, x: Any) -> Any:
+        """``x`` (a pytree of sums over this problem's stars) summed over the
+        shards of `axis_name` too."""
+        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
 
     def outputs(self) -> zip:
         """``(spec, block, prior, ridge)`` of each output."""

@@ -22,12 +22,12 @@ from .._params import (
     names_with_params,
     without_latents,
 )
-from ..core import em, vem
+from ..core import vem
 from ..core.chunks import auto_chunk_size, bucket, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
-from ..core.posterior import posterior_moments, predictive
 from ..data import OutputData, PolluxData
+from . import _devices
 from ._affine import affine_params
 from ._checks import (
     blocks_for,
@@ -112,14 +112,33 @@ def padded_size(n: int, row_bytes: int) -> int:
     return size if size * row_bytes <= PAD_BYTES else n
 
 
-def _pad_blocks(blocks: tuple) -> tuple[tuple, int]:
-    """``blocks`` padded with missing stars (`padded_size`), and their length."""
+def _pad_blocks(blocks: tuple, mesh) -> tuple[tuple, int]:
+    """``blocks`` padded with missing stars (`padded_size`, then to a multiple of
+    the devices of ``mesh``) and sharded over them, and their length."""
     row = sum(
         b.values.shape[1] * b.values.dtype.itemsize * (1 if b.errors is None else 2)
         for b in blocks
     )
-    n = padded_size(blocks[0].values.shape[0], row)
-    return tuple(pad_block(b, n) for b in blocks), n
+    n = _round_up(padded_size(blocks[0].values.shape[0], row), mesh)
+    return _devices.shard_stars(tuple(pad_block(b, n) for b in blocks), mesh), n
+
+
+def _round_up(n: int, mesh) -> int:
+    """``n`` rounded up to a multiple of the devices of ``mesh``."""
+    m = _devices.n_devices(mesh)
+    return -(-n // m) * m
+
+
+def _check_mesh(devices: Any, quadratic: bool, call: str):
+    """The device mesh of ``devices=`` (None: one device), checked."""
+    mesh = _devices.check_devices(devices, call)
+    if mesh is not None and quadratic:
+        msg = (
+            f"{call}(devices=...): several devices serve affine outputs only; "
+            "leave devices=None with a QuadraticTransform output"
+        )
+        raise ValueError(msg)
+    return mesh
 
 
 def chunk_size_for(
@@ -143,6 +162,7 @@ def fit_em(
     progress: bool,
     accelerate: bool,
     chunk_size: int | None = None,
+    devices: Any = None,
 ) -> FitResult:
     call = "LuxModel.fit"
     data = check_data(data, call)
@@ -152,6 +172,7 @@ def fit_em(
     check_positive_int(max_iter, f"{call}(max_iter=...)")
     if chunk_size is not None:
         check_positive_int(chunk_size, f"{call}(chunk_size=...)")
+    mesh = _check_mesh(devices, quadratic, call)
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
         raise ValueError(msg)
@@ -170,29 +191,29 @@ def fit_em(
         return _fit_vem(
             model, data, names, fixed, blocks, settings, progress=progress, call=call
         )
-    blocks, n_pad = _pad_blocks(blocks)
+    blocks, n_pad = _pad_blocks(blocks, mesh)
+    n_local = n_pad // _devices.n_devices(mesh)
     size = chunk_size_for(
-        chunk_size, n_pad, (b.values.shape[1] for b in blocks), k, dtype
+        chunk_size, n_local, (b.values.shape[1] for b in blocks), k, dtype
     )
     z_fixed = fixed.get(LATENTS)
+    if z_fixed is not None:
+        z_fixed = _devices.shard_stars(
+            pad_rows(jnp.asarray(z_fixed, dtype), n_pad, 0.0), mesh
+        )
     problem, params = em_problem(
-        model,
-        names,
-        blocks,
-        fixed,
-        call,
-        fixed_latents=None if z_fixed is None else pad_rows(z_fixed, n_pad, 0.0),
-        chunk_size=size,
+        model, names, blocks, fixed, call, fixed_latents=z_fixed, chunk_size=size
     )
-    z_fixed = problem.fixed_latents
+    if mesh is not None:
+        problem = _devices.sharded_problem(problem)
     if any(s.A_free for s in problem.specs):
         # Deterministic start: regress free outputs on PCA (or the fixed) latents.
         z0 = z_fixed if z_fixed is not None else pca_latents(blocks, k, size)
-        params = em.initialize(problem, params, z0)
+        params = _devices.initialize(mesh, problem, params, z0)
 
     params, losses, n_iter, converged = _run(
-        lambda p, prev, threshold, left: em.em_chunk(
-            problem, p, prev, threshold, left, _CHUNK, accelerate
+        lambda p, prev, threshold, left: _devices.em_chunk(
+            mesh, problem, p, prev, threshold, left, _CHUNK, accelerate
         ),
         params,
         max_iter=max_iter,
@@ -201,7 +222,7 @@ def fit_em(
         progress=progress,
         call=call,
     )
-    post, final_loss, row_covs = em.final_state(problem, params)
+    post, final_loss, row_covs = _devices.final_state(mesh, problem, params)
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
 
     out: dict[str, Any] = {
@@ -338,6 +359,7 @@ def infer_latents(
     params: Mapping[str, Any],
     names: str | Iterable[str] | None,
     chunk_size: int | None = None,
+    devices: Any = None,
 ) -> LatentPosterior:
     call = "LuxModel.infer_latents"
     data = check_data(data, call)
@@ -346,6 +368,7 @@ def infer_latents(
     names = resolve_names(model, names, call, data.names)
     require_polynomial(model, names, call)
     quadratic = uses_quadratic(model, names)
+    mesh = _check_mesh(devices, quadratic, call)
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )
@@ -359,16 +382,16 @@ def infer_latents(
         )
         return LatentPosterior(mean, cov, flags)
     n = len(data)
-    blocks, n_pad = _pad_blocks(blocks)
+    blocks, n_pad = _pad_blocks(blocks, mesh)
     size = chunk_size_for(
         chunk_size,
-        n_pad,
+        n_pad // _devices.n_devices(mesh),
         (b.values.shape[1] for b in blocks),
         model.latent_size,
         dtype,
     )
-    mean, cov = posterior_moments(
-        blocks, *affine_params(model, params, names, dtype), chunk_size=size
+    mean, cov = _devices.posterior_moments_on(
+        mesh, blocks, *affine_params(model, params, names, dtype), size
     )
     return LatentPosterior(mean[:n], cov[:n])
 
@@ -406,6 +429,7 @@ def predict(
     names: str | Iterable[str] | None,
     param_cov: Mapping[str, Any] | None = None,
     chunk_size: int | None = None,
+    devices: Any = None,
 ) -> PolluxData:
     call = "LuxModel.predict"
     if chunk_size is not None:
@@ -428,7 +452,9 @@ def predict(
     dtype = posterior.mean.dtype
     out = {}
     require_scatter(model, params, names, call)
-    if uses_quadratic(model, names):
+    quadratic = uses_quadratic(model, names)
+    mesh = _check_mesh(devices, quadratic, call)
+    if quadratic:
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
         for name, theta, kind, s2 in zip(names, thetas, kinds, s2s, strict=True):
             C = row_covs.get(name)
@@ -445,20 +471,20 @@ def predict(
     n = posterior.mean.shape[0]
     affine = affine_params(model, params, names, dtype)
     row = 2 * sum(W.shape[0] for W in affine[0]) * np.dtype(dtype).itemsize
-    n_pad = padded_size(n, row)
-    z_mean = pad_rows(posterior.mean, n_pad, 0.0)
-    z_cov = pad_rows(posterior.cov, n_pad, 0.0)
+    n_pad = _round_up(padded_size(n, row), mesh)
+    z_mean, z_cov = _devices.shard_stars(
+        (pad_rows(posterior.mean, n_pad, 0.0), pad_rows(posterior.cov, n_pad, 0.0)),
+        mesh,
+    )
+    size = chunk_size_for(
+        chunk_size,
+        n_pad // _devices.n_devices(mesh),
+        [max(W.shape[0] for W in affine[0])],
+        model.latent_size,
+        dtype,
+    )
     for name, W, b, s2 in zip(names, *affine, strict=True):
-        C = row_covs.get(name)
-        size = chunk_size_for(chunk_size, n_pad, [W.shape[0]], model.latent_size, dtype)
-        mean, err = predictive(
-            z_mean,
-            z_cov,
-            W,
-            b,
-            s2,
-            None if C is None else C.astype(dtype),
-            chunk_size=size,
-        )
+        C = None if name not in row_covs else row_covs[name].astype(dtype)
+        mean, err = _devices.predictive_on(mesh, z_mean, z_cov, W, b, s2, C, size)
         out[name] = OutputData(mean[:n], err=err[:n], preprocessed=True)
     return PolluxData(**out)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
@@ -186,6 +187,7 @@ class LuxModel:
         progress: bool = True,
         accelerate: bool = True,
         chunk_size: int | None = None,
+        devices: int | Sequence[jax.Device] | None = None,
     ) -> FitResult:
         """EM fit with the latents marginalised, for outputs polynomial in them.
 
@@ -218,6 +220,12 @@ class LuxModel:
             that a chunk's intermediates take about 512 MB). Peak memory is the
             data plus O(chunk_size × D + D × K²); results do not depend on it
             beyond float rounding.
+        devices
+            Affine fits: split the stars over this many JAX devices (the first of
+            `jax.devices`), or over these devices (None: the default device).
+            Each device reads its own stars; only the O(D × K²) sums of each sweep
+            are combined, and the result is the one-device result up to float
+            rounding.
 
         Returns
         -------
@@ -235,6 +243,7 @@ class LuxModel:
             progress=progress,
             accelerate=accelerate,
             chunk_size=chunk_size,
+            devices=devices,
         )
 
     def infer_latents(
@@ -244,6 +253,7 @@ class LuxModel:
         names: str | Iterable[str] | None = None,
         *,
         chunk_size: int | None = None,
+        devices: int | Sequence[jax.Device] | None = None,
     ) -> LatentPosterior:
         """Gaussian posterior of each star's latents given fixed parameters.
 
@@ -252,9 +262,9 @@ class LuxModel:
         (variational); ``multimodal`` flags stars with a rival mode.
 
         Returns a `LatentPosterior` with ``mean`` (N, K) and ``cov`` (N, K, K).
-        ``chunk_size`` (affine outputs): stars per chunk, as in `fit`.
+        ``chunk_size`` and ``devices`` (affine outputs): as in `fit`.
         """
-        return infer_latents(self, data, params, names, chunk_size)
+        return infer_latents(self, data, params, names, chunk_size, devices)
 
     def predict(
         self,
@@ -264,6 +274,7 @@ class LuxModel:
         param_cov: Mapping[str, Any] | None = None,
         *,
         chunk_size: int | None = None,
+        devices: int | Sequence[jax.Device] | None = None,
     ) -> PolluxData:
         """Predictive mean (``data``) and standard deviation (``err``) of outputs.
 
@@ -272,9 +283,9 @@ class LuxModel:
         the trained transforms too:
         ``var_nd = W_d Σ_n W_dᵀ + s_d² + E[z̃_n]ᵀ C_d E[z̃_n] + tr(C_d Σ̃_n)``.
         Values are in model units: ``test.unprocess(pred)`` gives physical values
-        with errors. ``chunk_size`` (affine outputs): stars per chunk, as in `fit`.
+        with errors. ``chunk_size`` and ``devices`` (affine outputs): as in `fit`.
         """
-        return predict(self, posterior, params, names, param_cov, chunk_size)
+        return predict(self, posterior, params, names, param_cov, chunk_size, devices)
 
     def save(
         self,
