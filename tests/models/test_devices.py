@@ -127,8 +127,9 @@ def test_one_listed_device_is_the_one_device_fit():
     data = _data()
     kw = {"max_iter": 5, "tol": 0.0, "progress": False, "accelerate": False}
     one = model.fit(data, **kw)
-    listed = model.fit(data, devices=[jax.devices()[0]], **kw)
-    np.testing.assert_allclose(listed.losses, one.losses, rtol=1e-12)
+    for devices in ([jax.devices()[0]], np.array(jax.devices()[:1]), np.int64(1)):
+        listed = model.fit(data, devices=devices, **kw)
+        np.testing.assert_allclose(listed.losses, one.losses, rtol=1e-12)
 
 
 def test_quadratic_outputs_stay_on_one_device():
@@ -138,5 +139,5 @@ def test_quadratic_outputs_stay_on_one_device():
         "flux", QuadraticTransform(affine.outputs["flux"].output_size)
     )
     model.register_output("label", affine.outputs["label"])
-    with pytest.raises(ValueError, match="affine outputs only"):
+    with pytest.raises(ValueError, match=r"fit\(devices=\.\.\.\).*affine outputs"):
         model.fit(_data(), max_iter=1, progress=False, devices=1)

@@ -69,8 +69,8 @@ def n_chunks(n: int, size: int) -> int:
 def bucket(n: int) -> int:
     """The smallest of 8, 12, 16, 24, 32, 48, … (``2^j`` and ``3·2^j``) that is ≥ ``n``.
 
-    Padding a number of stars to its bucket costs at most half as many more rows
-    and leaves two shapes per doubling, so that problems of similar sizes share
+    Padding a number of stars (above 8) to its bucket adds at most half as many
+    rows and leaves two shapes per doubling, so that problems of similar sizes share
     their compiled programs.
 
     >>> [bucket(n) for n in (1, 8, 9, 13, 100, 1024, 1025)]

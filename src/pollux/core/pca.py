@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-from functools import partial
+from functools import partial, reduce
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +25,7 @@ class _Centred:
 
         def sums(start, valid, acc):
             chunk = self._chunk(start, valid)
-            seen = functools.reduce(jnp.logical_or, [b.mask.any(axis=1) for b in chunk])
+            seen = reduce(jnp.logical_or, [b.mask.any(axis=1) for b in chunk])
             columns = tuple(
                 (jnp.sum(b.y, axis=0), jnp.sum(b.mask, axis=0, dtype=self.dtype))
                 for b in chunk
@@ -92,7 +91,8 @@ def pca_latents(
 ) -> Float[Array, "n k"]:
     """Leading ``k`` principal-component scores of the mean-centred outputs,
     scaled to unit variance over the stars with data (missing entries count as the
-    column mean; stars without any observed value, such as padding, score zero).
+    column mean; stars without any observed value, such as padding, do not count
+    in that variance).
 
     Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible;
     the data are read ``chunk_size`` stars at a time (None: all at once). Its QR

@@ -5,8 +5,10 @@ Every device holds ``N / n_devices`` stars (padded with missing stars to a
 multiple) and runs the chunked kernels on them; the sums over stars (the M-step
 and s-step statistics, the objective) are summed over the devices with
 `jax.lax.psum` (`EMProblem.axis_name`), so every device takes the same steps and
-the parameters stay replicated. Only those O(D K²) sums cross between devices,
-never the spectra. Per-star results (posteriors, predictions) stay sharded.
+the parameters stay replicated. During the sweeps only those O(D K²) sums cross
+between devices, never the spectra. Per-star results (posteriors, predictions)
+stay sharded. (The PCA start values are computed once per fit on the default
+device, from the caller's arrays, which live there already.)
 """
 
 from __future__ import annotations
@@ -44,27 +46,32 @@ _STARS, _ALL = P(AXIS), P()
 
 
 def check_devices(devices: Any, call: str) -> Mesh | None:
-    """The mesh of ``devices`` (an int: the first that many of `jax.devices`, or
-    a sequence of devices); None for None (the default device)."""
+    """The mesh of ``devices`` (an integer: the first that many of `jax.devices`;
+    or a sequence or array of devices); None for None (the default device)."""
     if devices is None:
         return None
     available = jax.devices()
-    if isinstance(devices, (bool, str)) or not isinstance(devices, (int, Sequence)):
+    if isinstance(devices, (bool, np.bool_, str)):
+        devices = object()  # refused below, like any other type
+    if isinstance(devices, (int, np.integer)):
+        count = int(devices)
+        if not 1 <= count <= len(available):
+            msg = (
+                f"{call}(devices=...): JAX sees {len(available)} device(s) "
+                f"({available[0].platform}), got devices={count}; on a CPU, "
+                "XLA_FLAGS=--xla_force_host_platform_device_count=N (set before "
+                "JAX starts) makes N devices"
+            )
+            raise ValueError(msg)
+        devices = available[:count]
+    elif isinstance(devices, np.ndarray):
+        devices = devices.ravel().tolist()
+    elif not isinstance(devices, Sequence):
         msg = (
             f"{call}(devices=...): expected a number of devices or a list of JAX "
             f"devices, got {type(devices).__name__}"
         )
         raise TypeError(msg)
-    if isinstance(devices, int):
-        if not 1 <= devices <= len(available):
-            msg = (
-                f"{call}(devices=...): JAX sees {len(available)} device(s) "
-                f"({available[0].platform}), got devices={devices}; on a CPU, "
-                "XLA_FLAGS=--xla_force_host_platform_device_count=N (set before "
-                "JAX starts) makes N devices"
-            )
-            raise ValueError(msg)
-        devices = available[:devices]
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         msg = f"{call}(devices=...): expected a non-empty list of JAX devices"

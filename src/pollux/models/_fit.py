@@ -114,13 +114,13 @@ def padded_size(n: int, row_bytes: int) -> int:
 
 def _pad_blocks(blocks: tuple, mesh) -> tuple[tuple, int]:
     """``blocks`` padded with missing stars (`padded_size`, then to a multiple of
-    the devices of ``mesh``) and sharded over them, and their length."""
+    the devices of ``mesh``), and their length."""
     row = sum(
         b.values.shape[1] * b.values.dtype.itemsize * (1 if b.errors is None else 2)
         for b in blocks
     )
     n = _round_up(padded_size(blocks[0].values.shape[0], row), mesh)
-    return _devices.shard_stars(tuple(pad_block(b, n) for b in blocks), mesh), n
+    return tuple(pad_block(b, n) for b in blocks), n
 
 
 def _round_up(n: int, mesh) -> int:
@@ -134,8 +134,8 @@ def _check_mesh(devices: Any, quadratic: bool, call: str):
     mesh = _devices.check_devices(devices, call)
     if mesh is not None and quadratic:
         msg = (
-            f"{call}(devices=...): several devices serve affine outputs only; "
-            "leave devices=None with a QuadraticTransform output"
+            f"{call}(devices=...): sharding over devices serves affine outputs "
+            "only; leave devices=None with a QuadraticTransform output"
         )
         raise ValueError(msg)
     return mesh
@@ -202,7 +202,13 @@ def fit_em(
             pad_rows(jnp.asarray(z_fixed, dtype), n_pad, 0.0), mesh
         )
     problem, params = em_problem(
-        model, names, blocks, fixed, call, fixed_latents=z_fixed, chunk_size=size
+        model,
+        names,
+        _devices.shard_stars(blocks, mesh),
+        fixed,
+        call,
+        fixed_latents=z_fixed,
+        chunk_size=size,
     )
     if mesh is not None:
         problem = _devices.sharded_problem(problem)
@@ -391,7 +397,10 @@ def infer_latents(
         dtype,
     )
     mean, cov = _devices.posterior_moments_on(
-        mesh, blocks, *affine_params(model, params, names, dtype), size
+        mesh,
+        _devices.shard_stars(blocks, mesh),
+        *affine_params(model, params, names, dtype),
+        size,
     )
     return LatentPosterior(mean[:n], cov[:n])
 
@@ -470,7 +479,9 @@ def predict(
         return PolluxData(**out)
     n = posterior.mean.shape[0]
     affine = affine_params(model, params, names, dtype)
-    row = 2 * sum(W.shape[0] for W in affine[0]) * np.dtype(dtype).itemsize
+    k = model.latent_size
+    width = 2 * sum(W.shape[0] for W in affine[0]) + k + k * k  # outputs + posterior
+    row = width * np.dtype(dtype).itemsize
     n_pad = _round_up(padded_size(n, row), mesh)
     z_mean, z_cov = _devices.shard_stars(
         (pad_rows(posterior.mean, n_pad, 0.0), pad_rows(posterior.cov, n_pad, 0.0)),
@@ -480,11 +491,12 @@ def predict(
         chunk_size,
         n_pad // _devices.n_devices(mesh),
         [max(W.shape[0] for W in affine[0])],
-        model.latent_size,
+        k,
         dtype,
     )
     for name, W, b, s2 in zip(names, *affine, strict=True):
-        C = None if name not in row_covs else row_covs[name].astype(dtype)
+        C = row_covs.get(name)
+        C = None if C is None else C.astype(dtype)
         mean, err = _devices.predictive_on(mesh, z_mean, z_cov, W, b, s2, C, size)
         out[name] = OutputData(mean[:n], err=err[:n], preprocessed=True)
     return PolluxData(**out)

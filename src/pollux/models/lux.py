@@ -223,9 +223,9 @@ class LuxModel:
         devices
             Affine fits: split the stars over this many JAX devices (the first of
             `jax.devices`), or over these devices (None: the default device).
-            Each device reads its own stars; only the O(D × K²) sums of each sweep
-            are combined, and the result is the one-device result up to float
-            rounding.
+            Each device sweeps over its own stars; only the O(D × K²) sums of each
+            sweep are combined, and the result is the one-device result up to
+            float rounding.
 
         Returns
         -------
