@@ -24,8 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ..core import em
-from ..core.posterior import PosteriorStats, posterior_moments, predictive
+from ..core import em, posterior
 from ..core.problem import EMProblem
 
 __all__ = [
@@ -35,8 +34,8 @@ __all__ = [
     "final_state",
     "initialize",
     "n_devices",
-    "posterior_moments_on",
-    "predictive_on",
+    "posterior_moments",
+    "predictive",
     "shard_stars",
     "sharded_problem",
 ]
@@ -51,8 +50,14 @@ def check_devices(devices: Any, call: str) -> Mesh | None:
     if devices is None:
         return None
     available = jax.devices()
-    if isinstance(devices, (bool, np.bool_, str)):
-        devices = object()  # refused below, like any other type
+    if isinstance(devices, (bool, np.bool_, str)) or not isinstance(
+        devices, (int, np.integer, np.ndarray, Sequence)
+    ):
+        msg = (
+            f"{call}(devices=...): expected a number of devices or a list of JAX "
+            f"devices, got {type(devices).__name__}"
+        )
+        raise TypeError(msg)
     if isinstance(devices, (int, np.integer)):
         count = int(devices)
         if not 1 <= count <= len(available):
@@ -66,12 +71,6 @@ def check_devices(devices: Any, call: str) -> Mesh | None:
         devices = available[:count]
     elif isinstance(devices, np.ndarray):
         devices = devices.ravel().tolist()
-    elif not isinstance(devices, Sequence):
-        msg = (
-            f"{call}(devices=...): expected a number of devices or a list of JAX "
-            f"devices, got {type(devices).__name__}"
-        )
-        raise TypeError(msg)
     devices = list(devices)
     if not devices or not all(isinstance(d, jax.Device) for d in devices):
         msg = f"{call}(devices=...): expected a non-empty list of JAX devices"
@@ -124,7 +123,7 @@ def _final_state(mesh: Mesh) -> Callable:
     def run(blocks, fixed, rest, params):
         return em.final_state(_local(rest, blocks, fixed), params)
 
-    out = (PosteriorStats(_STARS, _STARS, _ALL), _ALL, _ALL)
+    out = (posterior.PosteriorStats(_STARS, _STARS, _ALL), _ALL, _ALL)
     return _mapped(run, mesh, (_STARS, _STARS, _ALL, _ALL), out)
 
 
@@ -139,7 +138,7 @@ def _initialize(mesh: Mesh) -> Callable:
 @functools.cache
 def _posterior_moments(mesh: Mesh, chunk_size: int) -> Callable:
     def run(blocks, Ws, bs, s2s):
-        return posterior_moments(blocks, Ws, bs, s2s, chunk_size=chunk_size)
+        return posterior.posterior_moments(blocks, Ws, bs, s2s, chunk_size=chunk_size)
 
     return _mapped(run, mesh, (_STARS, _ALL, _ALL, _ALL), _STARS)
 
@@ -147,7 +146,7 @@ def _posterior_moments(mesh: Mesh, chunk_size: int) -> Callable:
 @functools.cache
 def _predictive(mesh: Mesh, chunk_size: int) -> Callable:
     def run(mean, cov, W, b, s2, row_cov):
-        return predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
+        return posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
 
     return _mapped(run, mesh, (_STARS, _STARS, _ALL, _ALL, _ALL, _ALL), _STARS)
 
@@ -185,15 +184,15 @@ def initialize(mesh, problem, params, latents):
     return _initialize(mesh)(blocks, fixed, rest, params, latents)
 
 
-def posterior_moments_on(mesh, blocks, Ws, bs, s2s, chunk_size):
+def posterior_moments(mesh, blocks, Ws, bs, s2s, chunk_size):
     if mesh is None:
-        return posterior_moments(blocks, Ws, bs, s2s, chunk_size=chunk_size)
+        return posterior.posterior_moments(blocks, Ws, bs, s2s, chunk_size=chunk_size)
     return _posterior_moments(mesh, chunk_size)(blocks, Ws, bs, s2s)
 
 
-def predictive_on(mesh, mean, cov, W, b, s2, row_cov, chunk_size):
+def predictive(mesh, mean, cov, W, b, s2, row_cov, chunk_size):
     if mesh is None:
-        return predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
+        return posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
     return _predictive(mesh, chunk_size)(mean, cov, W, b, s2, row_cov)
 
 

@@ -396,7 +396,7 @@ def infer_latents(
         model.latent_size,
         dtype,
     )
-    mean, cov = _devices.posterior_moments_on(
+    mean, cov = _devices.posterior_moments(
         mesh,
         _devices.shard_stars(blocks, mesh),
         *affine_params(model, params, names, dtype),
@@ -497,6 +497,6 @@ def predict(
     for name, W, b, s2 in zip(names, *affine, strict=True):
         C = row_covs.get(name)
         C = None if C is None else C.astype(dtype)
-        mean, err = _devices.predictive_on(mesh, z_mean, z_cov, W, b, s2, C, size)
+        mean, err = _devices.predictive(mesh, z_mean, z_cov, W, b, s2, C, size)
         out[name] = OutputData(mean[:n], err=err[:n], preprocessed=True)
     return PolluxData(**out)
