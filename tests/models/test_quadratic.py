@@ -151,16 +151,23 @@ def test_fixed_latents_fit_reports_the_dense_objective(fixed_problem, fixed_fit)
 def test_fixed_latents_fit_matches_optimize(fixed_problem, fixed_fit):
     model, data, z, y, err, _ = fixed_problem
     result = fixed_fit
-    # BFGS (restarted 10 times) to a gradient inf-norm of 1e-9 in numpyro's
-    # unconstrained coordinates (Q, A, b and log s).
+    # BFGS to a gradient inf-norm of 1e-9 in numpyro's unconstrained coordinates
+    # (Q, A, b and log s). Each SVI step is one BFGS run from the previous end
+    # point; jax's BFGS often stops on a failed line search (status 3) well short
+    # of gtol, and the rounding of the loss differs between processes, so the
+    # number of restarts before one converges varies (5–9 seen). Once one has,
+    # the rest start at a gradient below gtol and return at once: 40 restarts,
+    # and the last five losses must agree (a converged reference).
     params, svi = model.optimize(
         data,
-        num_steps=10,
+        num_steps=40,
         rng_key=jax.random.PRNGKey(0),
         optimizer=numpyro.optim.Minimize(method="BFGS", options={"gtol": 1e-9}),
         fixed_params={"latents": z},
         svi_run_kwargs={"progress_bar": False},
     )
+    tail = np.asarray(svi.losses[-5:])
+    assert np.ptp(tail) < 1e-12 * np.abs(tail).max(), f"BFGS did not converge: {tail}"
     opt = params["flux"]
     Q_opt = np.asarray(opt["Q"])
     # The antisymmetric part of Q is seen only by the prior, whose curvature along
