@@ -112,21 +112,23 @@ def padded_size(n: int, row_bytes: int) -> int:
     return size if size * row_bytes <= PAD_BYTES else n
 
 
-def _pad_blocks(blocks: tuple, mesh) -> tuple[tuple, int]:
-    """``blocks`` padded with missing stars (`padded_size`, then to a multiple of
-    the devices of ``mesh``), and their length."""
+def _padded_rows(n: int, row_bytes: int, mesh) -> tuple[int, int]:
+    """``(stars, stars per device)`` the kernels run on: `padded_size`, rounded up
+    to a multiple of the devices of ``mesh``."""
+    m = _devices.n_devices(mesh)
+    total = -(-padded_size(n, row_bytes) // m) * m
+    return total, total // m
+
+
+def _pad_blocks(blocks: tuple, mesh) -> tuple[tuple, int, int]:
+    """``blocks`` padded with missing stars (`_padded_rows`), their length and the
+    stars per device."""
     row = sum(
         b.values.shape[1] * b.values.dtype.itemsize * (1 if b.errors is None else 2)
         for b in blocks
     )
-    n = _round_up(padded_size(blocks[0].values.shape[0], row), mesh)
-    return tuple(pad_block(b, n) for b in blocks), n
-
-
-def _round_up(n: int, mesh) -> int:
-    """``n`` rounded up to a multiple of the devices of ``mesh``."""
-    m = _devices.n_devices(mesh)
-    return -(-n // m) * m
+    n_pad, n_local = _padded_rows(blocks[0].values.shape[0], row, mesh)
+    return tuple(pad_block(b, n_pad) for b in blocks), n_pad, n_local
 
 
 def _check_mesh(devices: Any, quadratic: bool, call: str):
@@ -191,8 +193,7 @@ def fit_em(
         return _fit_vem(
             model, data, names, fixed, blocks, settings, progress=progress, call=call
         )
-    blocks, n_pad = _pad_blocks(blocks, mesh)
-    n_local = n_pad // _devices.n_devices(mesh)
+    blocks, n_pad, n_local = _pad_blocks(blocks, mesh)
     size = chunk_size_for(
         chunk_size, n_local, (b.values.shape[1] for b in blocks), k, dtype
     )
@@ -388,10 +389,10 @@ def infer_latents(
         )
         return LatentPosterior(mean, cov, flags)
     n = len(data)
-    blocks, n_pad = _pad_blocks(blocks, mesh)
+    blocks, _, n_local = _pad_blocks(blocks, mesh)
     size = chunk_size_for(
         chunk_size,
-        n_pad // _devices.n_devices(mesh),
+        n_local,
         (b.values.shape[1] for b in blocks),
         model.latent_size,
         dtype,
@@ -482,14 +483,14 @@ def predict(
     k = model.latent_size
     width = 2 * sum(W.shape[0] for W in affine[0]) + k + k * k  # outputs + posterior
     row = width * np.dtype(dtype).itemsize
-    n_pad = _round_up(padded_size(n, row), mesh)
+    n_pad, n_local = _padded_rows(n, row, mesh)
     z_mean, z_cov = _devices.shard_stars(
         (pad_rows(posterior.mean, n_pad, 0.0), pad_rows(posterior.cov, n_pad, 0.0)),
         mesh,
     )
     size = chunk_size_for(
         chunk_size,
-        n_pad // _devices.n_devices(mesh),
+        n_local,
         [max(W.shape[0] for W in affine[0])],
         k,
         dtype,

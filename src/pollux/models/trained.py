@@ -520,8 +520,11 @@ class TrainedModel:
             resid -= np.asarray(model_values[name], dtype=dtype)
             err = pre[name].err
             s2 = np.square(np.asarray(params[name].get(SCATTER, 0.0), dtype=dtype))
-            sd = np.square(np.asarray(err, dtype=dtype)) if err is not None else None
-            sd = np.broadcast_to(s2, y.shape).copy() if sd is None else sd + s2
+            if err is None:
+                sd = np.broadcast_to(s2, y.shape).copy()
+            else:
+                sd = np.square(np.asarray(err, dtype=dtype))
+                sd += s2
             bad = ~(np.isfinite(resid) & np.isfinite(sd) & (sd > 0))
             np.sqrt(sd, out=sd)
             sd[bad] = 1.0
