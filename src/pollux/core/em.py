@@ -76,7 +76,7 @@ __all__ = [
 Params = tuple[dict[str, Array], ...]
 
 
-def _neg_log_prior(problem: EMProblem, params: Params) -> Array:
+def neg_log_prior(problem: EMProblem, params: Params) -> Array:
     total = jnp.zeros(())
     for spec, p, pr in zip(problem.specs, params, problem.priors, strict=True):
         free = (
@@ -95,7 +95,7 @@ def _chunk_size(problem: EMProblem) -> int:
     return n if problem.chunk_size is None else min(problem.chunk_size, n)
 
 
-class _Pass(NamedTuple):
+class PassA(NamedTuple):
     """What pass A returns: the posterior of every star, the data term of the
     objective, and the M-step statistics of every output."""
 
@@ -105,12 +105,12 @@ class _Pass(NamedTuple):
     stats: tuple[tuple[Array, ...], ...]
 
 
-def _posterior_pass(
+def posterior_pass(
     problem: EMProblem,
     params: Params,
     latents: Array | None = None,
     unweighted: bool = False,
-) -> _Pass:
+) -> PassA:
     """Pass A over the chunks of stars at ``params``.
 
     ``latents`` (else ``problem.fixed_latents``) replaces the posterior by fixed
@@ -168,7 +168,136 @@ def _posterior_pass(
     )
     mean, cov, acc = fold_chunks(body, n, size, init)
     nll, stats = problem.sum_over_stars(acc.total)
-    return _Pass(mean if z is None else z, cov, nll, stats)
+    return PassA(mean if z is None else z, cov, nll, stats)
+
+
+def free_scatter(problem: EMProblem) -> list[int]:
+    """Indices of the outputs with a free extra scatter."""
+    return [i for i, spec in enumerate(problem.specs) if spec.has_s and spec.s_free]
+
+
+def checked_scatter(problem: EMProblem) -> list[int]:
+    """The outputs of `free_scatter` whose prior needs the checked Newton step
+    (pass C)."""
+    return [i for i in free_scatter(problem) if needs_check(problem.priors[i][SCATTER])]
+
+
+def _zeros(problem: EMProblem, i: int, dtype) -> Array:
+    if problem.specs[i].s_kind == "scalar":
+        return jnp.zeros((), dtype)
+    return jnp.zeros(problem.blocks[i].values.shape[1], dtype)
+
+
+def _s_fold(problem, params, mean, cov, outputs, terms, init):
+    """``terms(i, block, e)`` of the given outputs summed over the stars, ``e`` the
+    expected squared residuals under the posterior ``(mean, cov)``."""
+    n, size = mean.shape[0], _chunk_size(problem)
+
+    def body(start, valid, acc):
+        m = take_rows(mean, start, size)
+        c = None if cov is None else take_rows(cov, start, size)
+        out = []
+        for i in outputs:
+            block = take_block(problem.blocks[i], start, size, valid)
+            p = params[i]
+            e = expected_sq_resid(block, m, c, p["A"], p["b"])
+            out.append(terms(i, block, e))
+        return acc.add(tuple(out))
+
+    totals = fold_chunks(body, n, size, Accumulator.zeros(init)).total
+    return problem.sum_over_stars(totals)
+
+
+def s_start(
+    problem: EMProblem, floors: tuple[Array | None, ...], params: Params
+) -> dict[int, Array]:
+    """The current ``t0 = s²`` (at least its floor) of each free scatter."""
+    return {
+        i: jnp.maximum(jnp.square(params[i][SCATTER]), floors[i])
+        for i in free_scatter(problem)
+    }
+
+
+def s_sum_pass(
+    problem: EMProblem,
+    params: Params,
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    t0: dict[int, Array],
+) -> dict[int, SSums]:
+    """Pass B: the `SSums` of every free scatter at ``t0``, for the posterior
+    ``(mean, cov)`` and the new ``(W, b)`` in ``params``."""
+    free, checked = free_scatter(problem), checked_scatter(problem)
+    dtype = mean.dtype
+    scalar = {i: problem.specs[i].s_kind == "scalar" for i in free}
+    sums = _s_fold(
+        problem,
+        params,
+        mean,
+        cov,
+        free,
+        lambda i, block, e: s_sums(block, e, t0[i], scalar[i], i in checked),
+        tuple(SSums(*[_zeros(problem, i, dtype)] * len(SSums._fields)) for i in free),
+    )
+    return dict(zip(free, sums, strict=True))
+
+
+def s_newton(
+    problem: EMProblem,
+    floors: tuple[Array | None, ...],
+    sums: dict[int, SSums],
+    t0: dict[int, Array],
+) -> dict[int, tuple[Array, Array]]:
+    """The Newton and EM candidates of every output of `checked_scatter`."""
+    return {
+        i: s_candidates(sums[i], t0[i], problem.priors[i][SCATTER], floors[i])
+        for i in checked_scatter(problem)
+    }
+
+
+def s_value_pass(
+    problem: EMProblem,
+    params: Params,
+    mean: Float[Array, "n k"],
+    cov: Float[Array, "n k k"] | None,
+    cands: dict[int, tuple[Array, Array]],
+) -> dict[int, Array]:
+    """Pass C: the data term of the s-step objective at each Newton candidate."""
+    checked = checked_scatter(problem)
+    values = _s_fold(
+        problem,
+        params,
+        mean,
+        cov,
+        checked,
+        lambda i, block, e: s_value(
+            block, e, cands[i][0], problem.specs[i].s_kind == "scalar"
+        ),
+        tuple(_zeros(problem, i, mean.dtype) for i in checked),
+    )
+    return dict(zip(checked, values, strict=True))
+
+
+def s_finish(
+    problem: EMProblem,
+    floors: tuple[Array | None, ...],
+    params: Params,
+    t0: dict[int, Array],
+    sums: dict[int, SSums],
+    cands: dict[int, tuple[Array, Array]],
+    values: dict[int, Array],
+) -> Params:
+    """The new scatter of every free output from the sums of passes B and C."""
+    new = list(params)
+    for i in free_scatter(problem):
+        prior = problem.priors[i][SCATTER]
+        if i in cands:
+            newton, em_t = cands[i]
+            s = s_select(sums[i], values[i], t0[i], newton, em_t, prior, floors[i])
+        else:
+            s = jnp.sqrt(s_bound_step(sums[i], t0[i], prior, floors[i]))
+        new[i] = dict(params[i], **{SCATTER: s})
+    return tuple(new)
 
 
 def _s_steps(
@@ -180,67 +309,19 @@ def _s_steps(
 ) -> Params:
     """The s-step of every output with a free scatter, for the posterior
     ``(mean, cov)`` and the new ``(W, b)`` in ``params`` (passes B and C)."""
-    free = [i for i, spec in enumerate(problem.specs) if spec.has_s and spec.s_free]
-    if not free:
+    if not free_scatter(problem):
         return params
-    n, size = mean.shape[0], _chunk_size(problem)
-    scalar = {i: problem.specs[i].s_kind == "scalar" for i in free}
-    priors = {i: problem.priors[i][SCATTER] for i in free}
-    t0 = {i: jnp.maximum(jnp.square(params[i][SCATTER]), floors[i]) for i in free}
-
-    def fold(outputs, terms, init):
-        """Sum ``terms(i, block, e)`` of the given outputs over the chunks."""
-
-        def body(start, valid, acc):
-            m = take_rows(mean, start, size)
-            c = None if cov is None else take_rows(cov, start, size)
-            out = []
-            for i in outputs:
-                block = take_block(problem.blocks[i], start, size, valid)
-                p = params[i]
-                e = expected_sq_resid(block, m, c, p["A"], p["b"])
-                out.append(terms(i, block, e))
-            return acc.add(tuple(out))
-
-        totals = fold_chunks(body, n, size, Accumulator.zeros(init)).total
-        return problem.sum_over_stars(totals)
-
-    def zeros(i):
-        d = params[i]["A"].shape[0]
-        return jnp.zeros((), mean.dtype) if scalar[i] else jnp.zeros(d, mean.dtype)
-
-    checked = [i for i in free if needs_check(priors[i])]
-    sums = fold(
-        free,
-        lambda i, block, e: s_sums(block, e, t0[i], scalar[i], i in checked),
-        tuple(SSums(*[zeros(i)] * len(SSums._fields)) for i in free),
-    )
-    sums = dict(zip(free, sums, strict=True))
-    new = list(params)
-    # Outputs whose prior needs it: a Newton step checked by a pass (C).
-    cands = {i: s_candidates(sums[i], t0[i], priors[i], floors[i]) for i in checked}
-    values = fold(
-        checked,
-        lambda i, block, e: s_value(block, e, cands[i][0], scalar[i]),
-        tuple(zeros(i) for i in checked),
-    )
-    for i, value in zip(checked, values, strict=True):
-        newton, em_t = cands[i]
-        s = s_select(sums[i], value, t0[i], newton, em_t, priors[i], floors[i])
-        new[i] = dict(params[i], **{SCATTER: s})
-    for i in free:
-        if i not in checked:
-            t = s_bound_step(sums[i], t0[i], priors[i], floors[i])
-            new[i] = dict(params[i], **{SCATTER: jnp.sqrt(t)})
-    return tuple(new)
+    t0 = s_start(problem, floors, params)
+    sums = s_sum_pass(problem, params, mean, cov, t0)
+    cands = s_newton(problem, floors, sums, t0)
+    values = s_value_pass(problem, params, mean, cov, cands) if cands else {}
+    return s_finish(problem, floors, params, t0, sums, cands, values)
 
 
-def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
-    """`s_floor` of each output with a free scatter (a constant of the data),
-    from sums over the chunks of stars."""
-    free = [i for i, spec in enumerate(problem.specs) if spec.has_s and spec.s_free]
-    if not free:
-        return (None,) * len(problem.specs)
+def floor_sums(problem: EMProblem) -> dict[int, tuple[Array, Array]]:
+    """``(Σ y² + σ², observed count)`` of each output with a free scatter, summed
+    over the stars: the data's part of `s_floor`."""
+    free = free_scatter(problem)
     n, size = problem.blocks[0].values.shape[0], _chunk_size(problem)
     dtype = problem.blocks[0].values.dtype
 
@@ -256,14 +337,28 @@ def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
     zero = jnp.zeros((), dtype)
     init = Accumulator.zeros(tuple((zero, zero) for _ in free))
     totals = problem.sum_over_stars(fold_chunks(body, n, size, init).total)
-    totals = dict(zip(free, totals, strict=True))
+    return dict(zip(free, totals, strict=True))
+
+
+def floors_from_sums(
+    problem: EMProblem, sums: dict[int, tuple[Array, Array]]
+) -> tuple[Array | None, ...]:
+    """`s_floor` of each output with a free scatter (None for the others)."""
     return tuple(
-        s_floor_from_sums(*totals[i]) if i in totals else None
+        s_floor_from_sums(*sums[i]) if i in sums else None
         for i in range(len(problem.specs))
     )
 
 
-def _solve(problem: EMProblem, params: Params, stats) -> Params:
+def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
+    """`s_floor` of each output with a free scatter (a constant of the data),
+    from sums over the chunks of stars."""
+    if not free_scatter(problem):
+        return (None,) * len(problem.specs)
+    return floors_from_sums(problem, floor_sums(problem))
+
+
+def m_solve(problem: EMProblem, params: Params, stats) -> Params:
     """The M-step: new ``(W, b)`` of every output from its statistics."""
     out = []
     for spec, ridge, p, st in zip(
@@ -278,9 +373,9 @@ def _sweep(
     problem: EMProblem, floors: tuple[Array | None, ...], params: Params
 ) -> tuple[Params, Array]:
     """One EM sweep: the new parameters and the objective at the old ones."""
-    a = _posterior_pass(problem, params)
-    loss = a.nll + _neg_log_prior(problem, params)
-    new = _solve(problem, params, a.stats)
+    a = posterior_pass(problem, params)
+    loss = a.nll + neg_log_prior(problem, params)
+    new = m_solve(problem, params, a.stats)
     return _s_steps(problem, floors, new, a.mean, a.cov), loss
 
 
@@ -409,14 +504,14 @@ def final_state(
 ) -> tuple[PosteriorStats, Array, tuple[Array, ...]]:
     """Posterior and objective at the final parameters, and the covariance of
     each output's rows (`row_covariances`), from one pass over the data."""
-    a = _posterior_pass(problem, params)
+    a = posterior_pass(problem, params)
     row_covs = tuple(
         row_covariances(spec, st, ridge, p["A"])
         for spec, st, ridge, p in zip(
             problem.specs, a.stats, problem.ridges, params, strict=True
         )
     )
-    loss = a.nll + _neg_log_prior(problem, params)
+    loss = a.nll + neg_log_prior(problem, params)
     return PosteriorStats(a.mean, a.cov, a.nll), loss, row_covs
 
 
@@ -426,8 +521,8 @@ def initialize(
 ) -> Params:
     """Start values of every output whose ``A`` is free: an unweighted regression
     on the given latents, then the scatter that its residuals call for."""
-    a = _posterior_pass(problem, params, latents=latents, unweighted=True)
-    new = _solve(problem, params, a.stats)
+    a = posterior_pass(problem, params, latents=latents, unweighted=True)
+    new = m_solve(problem, params, a.stats)
     new = _s_steps(problem, _floors(problem), new, latents, None)
     return tuple(
         q if spec.A_free else p

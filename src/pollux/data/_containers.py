@@ -49,6 +49,84 @@ def _as_numeric(x: ArrayLike, what: str) -> np.ndarray:
     return arr
 
 
+def is_lazy(x: Any) -> bool:
+    """Whether ``x`` is a Dask collection (computed chunk by chunk, on demand)."""
+    return hasattr(x, "__dask_graph__")
+
+
+def check_values(data: Any, err: Any, call: str) -> None:
+    """Refuse infinite values and NaN or negative errors (``call`` names the
+    caller in the message)."""
+    if np.isinf(data).any():
+        n_inf = int(np.isinf(data).sum())
+        msg = (
+            f"{call}(data=...): {n_inf} value(s) are infinite. Mark missing "
+            "values with NaN (or give them an infinite error) instead."
+        )
+        raise ValueError(msg)
+    if err is None:
+        return
+    if err.shape != data.shape:
+        msg = (
+            f"{call}(err=...): shape {err.shape} does not match data shape {data.shape}"
+        )
+        raise ValueError(msg)
+    if np.isnan(err).any():
+        msg = (
+            f"{call}(err=...): errors contain NaN. For a missing value set "
+            "the data to NaN (with any finite error) or the error to inf."
+        )
+        raise ValueError(msg)
+    if (err < 0).any():
+        msg = f"{call}(err=...): errors must be >= 0, found negative values"
+        raise ValueError(msg)
+
+
+def _lazy_2d(x: Any, what: str) -> Any:
+    import dask.array as da
+
+    if not is_lazy(x):
+        x = da.from_array(_as_numeric(x, what))
+    if not isinstance(x, da.Array):
+        msg = f"{what} must be a Dask array, got {type(x).__name__}"
+        raise TypeError(msg)
+    if x.dtype == object or not (
+        np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
+    ):
+        msg = f"{what} must be a numeric array, got dtype {x.dtype}"
+        raise TypeError(msg)
+    if x.dtype not in (np.float16, np.float32, np.float64):
+        x = x.astype(float)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
+        msg = (
+            f"{what} must have shape (n_stars, n_dim) (or (n_stars,) for a single "
+            f"dimension), got shape {x.shape}"
+        )
+        raise ValueError(msg)
+    if any(np.isnan(c) for c in x.shape):
+        msg = f"{what}: a Dask array of unknown shape; call compute_chunk_sizes() first"
+        raise ValueError(msg)
+    return x
+
+
+def _lazy_arrays(data: Any, err: Any) -> tuple[Any, Any]:
+    """Dask values and errors, checked for what their metadata tell (shape,
+    dtype); their values are checked (`check_values`) as their chunks are read."""
+    arr = _lazy_2d(data, "OutputData(data=...)")
+    if err is None:
+        return arr, None
+    err_arr = _lazy_2d(err, "OutputData(err=...)")
+    if err_arr.shape != arr.shape:
+        msg = (
+            f"OutputData(err=...): shape {err_arr.shape} does not match "
+            f"data shape {arr.shape}"
+        )
+        raise ValueError(msg)
+    return arr, err_arr.rechunk(arr.chunks)
+
+
 class OutputData(eqx.Module):
     """Observations of one output (e.g. flux, labels) for every star, with errors.
 
@@ -87,34 +165,14 @@ class OutputData(eqx.Module):
         *,
         preprocessed: bool = False,
     ):
-        arr = _as_2d_float(data, "OutputData(data=...)")
-        if np.isinf(arr).any():
-            n_inf = int(np.isinf(arr).sum())
-            msg = (
-                f"OutputData(data=...): {n_inf} value(s) are infinite. Mark missing "
-                "values with NaN (or give them an infinite error) instead."
-            )
-            raise ValueError(msg)
-        if err is not None:
-            err_arr = _as_2d_float(err, "OutputData(err=...)")
-            if err_arr.shape != arr.shape:
-                msg = (
-                    f"OutputData(err=...): shape {err_arr.shape} does not match "
-                    f"data shape {arr.shape}"
-                )
-                raise ValueError(msg)
-            if np.isnan(err_arr).any():
-                msg = (
-                    "OutputData(err=...): errors contain NaN. For a missing value set "
-                    "the data to NaN (with any finite error) or the error to inf."
-                )
-                raise ValueError(msg)
-            if (err_arr < 0).any():
-                msg = "OutputData(err=...): errors must be >= 0, found negative values"
-                raise ValueError(msg)
-            self.err = jnp.asarray(err_arr)
+        if is_lazy(data) or is_lazy(err):
+            arr, err_arr = _lazy_arrays(data, err)
         else:
-            self.err = None
+            arr = _as_2d_float(data, "OutputData(data=...)")
+            err_arr = None if err is None else _as_2d_float(err, "OutputData(err=...)")
+            check_values(arr, err_arr, "OutputData")
+            arr = jnp.asarray(arr)
+            err_arr = None if err_arr is None else jnp.asarray(err_arr)
         if preprocessor is None:
             preprocessor = NullPreprocessor()
         if not isinstance(preprocessor, AbstractPreprocessor):
@@ -123,9 +181,15 @@ class OutputData(eqx.Module):
                 f"ShiftScalePreprocessor, got {type(preprocessor).__name__}"
             )
             raise TypeError(msg)
-        self.data = jnp.asarray(arr)
+        self.data = arr
+        self.err = err_arr
         self.preprocessor = preprocessor
         self.preprocessed = bool(preprocessed)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the values are a Dask array (read chunk by chunk when used)."""
+        return is_lazy(self.data)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -160,8 +224,8 @@ class OutputData(eqx.Module):
             raise ValueError(msg)
         pre = self.preprocessor
         return self._replace(
-            data=pre.transform(self.data),
-            err=None if self.err is None else pre.transform_err(self.err),
+            data=self._map(pre.transform, self.data),
+            err=None if self.err is None else self._map(pre.transform_err, self.err),
             preprocessed=True,
         )
 
@@ -172,10 +236,22 @@ class OutputData(eqx.Module):
             raise ValueError(msg)
         pre = self.preprocessor
         return self._replace(
-            data=pre.inverse_transform(self.data),
-            err=None if self.err is None else pre.inverse_transform_err(self.err),
+            data=self._map(pre.inverse_transform, self.data),
+            err=(
+                None
+                if self.err is None
+                else self._map(pre.inverse_transform_err, self.err)
+            ),
             preprocessed=False,
         )
+
+    @staticmethod
+    def _map(f, x):
+        """``f(x)``; for a Dask array, ``f`` of each block of whole rows."""
+        if not is_lazy(x):
+            return f(x)
+        x = x.rechunk({1: -1})
+        return x.map_blocks(lambda block: np.asarray(f(block)), dtype=x.dtype)
 
 
 def _normalize_index(index: Any, n: int, call: str) -> Any:

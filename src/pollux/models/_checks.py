@@ -204,7 +204,7 @@ def _any_zero_error(block: Block) -> jax.Array:
     return jnp.any((block.errors == 0) & block.mask)
 
 
-def _check_variance_defined(
+def check_variance_defined(
     block: Block, name: str, has_scatter: bool, has_err: bool, call: str
 ) -> None:
     """Refuse outputs whose likelihood variance would be zero."""
@@ -245,6 +245,6 @@ def blocks_for(
             raise ValueError(msg)
         block = make_block(out.data, out.err)
         has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
-        _check_variance_defined(block, name, has_scatter, out.err is not None, call)
+        check_variance_defined(block, name, has_scatter, out.err is not None, call)
         blocks.append(block)
     return tuple(blocks)

@@ -6,7 +6,9 @@ calls the numerical core.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -27,8 +29,9 @@ from ..core.chunks import auto_chunk_size, bucket, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
 from ..data import OutputData, PolluxData
-from . import _devices
+from . import _dask, _devices
 from ._affine import affine_params
+from ._checkpoint import Checkpoint
 from ._checks import (
     blocks_for,
     check_data,
@@ -73,19 +76,27 @@ def _count_observed(blocks: tuple) -> Array:
     return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
 
 
-def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
+def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkpoint):
     """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
-    ``max_iter`` iterations; returns ``(state, losses, n_iter, converged)``."""
-    dtype = blocks[0].values.dtype
-    n_obs = max(int(_count_observed(tuple(blocks))), 1)
-    threshold = jnp.asarray(tol * n_obs, dtype)
-    prev = jnp.asarray(jnp.inf, dtype)
-    losses: list[np.ndarray] = []
-    n_iter, converged = 0, False
+    ``max_iter`` iterations, from ``start()`` (or from the state saved in
+    ``checkpoint``, which has the structure of ``template``, saving it there as
+    it goes); returns ``(state, losses, n_iter, converged)``."""
+    dtype = jax.tree.leaves(template)[0].dtype
+    threshold = jnp.asarray(tol * max(n_obs, 1), dtype)
+    resumed = None if checkpoint is None else checkpoint.load(template)
+    if resumed is None:
+        state, losses, n_iter, converged = start(), [], 0, False
+    else:
+        state, losses, n_iter, converged = resumed
+    prev = jnp.asarray(losses[-1][-1] if n_iter else jnp.inf, dtype)
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
+        bar.update(min(n_iter, max_iter))
         while n_iter < max_iter and not converged:
+            steps = max_iter - n_iter
+            if checkpoint is not None:
+                steps = min(steps, checkpoint.due(n_iter))
             state, chunk_losses, n_done, done = chunk(
-                state, prev, threshold, jnp.asarray(max_iter - n_iter)
+                state, prev, threshold, jnp.asarray(steps)
             )
             n_done = int(n_done)
             values = np.asarray(chunk_losses)[:n_done]
@@ -102,6 +113,12 @@ def _run(chunk, state, *, blocks, max_iter, tol, progress, call):
             prev = jnp.asarray(values[-1], dtype)
             bar.update(n_done)
             bar.set_postfix(loss=f"{values[-1]:.6g}")
+            if checkpoint is not None and (
+                converged
+                or n_iter >= max_iter
+                or checkpoint.due(n_iter) == checkpoint.every
+            ):
+                checkpoint.save(state, losses, n_iter, converged)
     return state, losses, n_iter, converged
 
 
@@ -153,6 +170,28 @@ def chunk_size_for(
     return chunk_size
 
 
+def _checkpoint(
+    checkpoint: Any, every: Any, quadratic: bool, fingerprint: dict, call: str
+) -> Checkpoint | None:
+    """The `Checkpoint` of ``fit(checkpoint=..., checkpoint_every=...)``, checked."""
+    check_positive_int(every, f"{call}(checkpoint_every=...)")
+    if checkpoint is None:
+        return None
+    if not isinstance(checkpoint, (str, os.PathLike)):
+        msg = (
+            f"{call}(checkpoint=...): expected a file path, got "
+            f"{type(checkpoint).__name__}"
+        )
+        raise TypeError(msg)
+    if quadratic:
+        msg = (
+            f"{call}(checkpoint=...): checkpoints serve fits of affine outputs "
+            "only; leave checkpoint=None with a QuadraticTransform output"
+        )
+        raise ValueError(msg)
+    return Checkpoint(checkpoint, every, fingerprint, call)
+
+
 def fit_em(
     model: LuxModel,
     data: PolluxData,
@@ -165,6 +204,8 @@ def fit_em(
     accelerate: bool,
     chunk_size: int | None = None,
     devices: Any = None,
+    checkpoint: Any = None,
+    checkpoint_every: int = 10,
 ) -> FitResult:
     call = "LuxModel.fit"
     data = check_data(data, call)
@@ -180,8 +221,6 @@ def fit_em(
         raise ValueError(msg)
     n, k = len(data), model.latent_size
     fixed = check_params(model, fixed_params, n, call)
-    blocks = blocks_for(model, data, names, fixed, call)
-    dtype = blocks[0].values.dtype
     settings = {
         "names": names,
         "max_iter": max_iter,
@@ -189,10 +228,120 @@ def fit_em(
         "accelerate": accelerate,
         "fixed": tuple(sorted(fixed)),
     }
-    if quadratic:
-        return _fit_vem(
-            model, data, names, fixed, blocks, settings, progress=progress, call=call
+    lazy = _dask.is_lazy_data(data, names)
+    dtype = data[names[0]].data.dtype
+    ckpt = _checkpoint(
+        checkpoint,
+        checkpoint_every,
+        quadratic,
+        {
+            "n_stars": n,
+            "shapes": [data[name].shape for name in names],
+            "dtype": str(dtype),
+            "latent_size": k,
+            "accelerate": accelerate,
+            "fixed": settings["fixed"],
+            "names": names,
+        },
+        call,
+    )
+    run = partial(
+        _run, max_iter=max_iter, tol=tol, progress=progress, call=call, checkpoint=ckpt
+    )
+    if lazy:
+        if quadratic or mesh is not None:
+            msg = (
+                f"{call}: Dask data serve fits of affine outputs on the default "
+                "device; leave devices=None (use a Dask worker per device instead) "
+                "and use affine transforms, or give in-memory arrays"
+            )
+            raise ValueError(msg)
+        out = _dask.fit_dask(
+            model,
+            data,
+            names,
+            fixed,
+            problem_for=lambda blocks, rows: em_problem(
+                model,
+                names,
+                blocks,
+                fixed,
+                call,
+                chunk_size=chunk_size_for(
+                    chunk_size, rows, (b.values.shape[1] for b in blocks), k, dtype
+                ),
+            ),
+            run=lambda chunk, params, n_obs, start: run(
+                chunk, start, params, n_obs=n_obs
+            ),
+            accelerate=accelerate,
+            n_steps=_CHUNK,
+            call=call,
         )
+        (
+            (params, losses, n_iter, converged),
+            final_loss,
+            mean,
+            cov,
+            row_covs,
+            problem,
+        ) = out
+        mean, cov = jnp.asarray(mean), jnp.asarray(cov)
+        if LATENTS in fixed:
+            mean = jnp.asarray(fixed[LATENTS], dtype)
+    else:
+        blocks = blocks_for(model, data, names, fixed, call)
+        if quadratic:
+            return _fit_vem(
+                model,
+                data,
+                names,
+                fixed,
+                blocks,
+                settings,
+                progress=progress,
+                call=call,
+            )
+        out = _fit_memory(
+            model, names, fixed, blocks, mesh, chunk_size, run, accelerate, call
+        )
+        (
+            (params, losses, n_iter, converged),
+            final_loss,
+            mean,
+            cov,
+            row_covs,
+            problem,
+        ) = out
+        mean, cov = mean[:n], cov[:n]
+    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
+    out_params: dict[str, Any] = {
+        key: dict(val) for key, val in without_latents(fixed).items()
+    }
+    for name, spec, p in zip(names, problem.specs, params, strict=True):
+        entry = {"A": p["A"]}
+        if spec.has_b:
+            entry["b"] = p["b"]
+        if spec.has_s:
+            entry[SCATTER] = p[SCATTER]
+        out_params[name] = entry
+    out_params[LATENTS] = mean
+    return FitResult(
+        params=out_params,
+        posterior=LatentPosterior(mean, cov),
+        losses=all_losses,
+        n_iter=n_iter,
+        converged=converged,
+        param_cov=dict(zip(names, row_covs, strict=True)),
+        settings=settings,
+    )
+
+
+def _fit_memory(model, names, fixed, blocks, mesh, chunk_size, run, accelerate, call):
+    """The affine fit of in-memory ``blocks`` (on the devices of ``mesh``)."""
+    k = model.latent_size
+    dtype = blocks[0].values.dtype
+    n_obs = int(_count_observed(tuple(blocks)))
     blocks, n_pad, n_local = _pad_blocks(blocks, mesh)
     size = chunk_size_for(
         chunk_size, n_local, (b.values.shape[1] for b in blocks), k, dtype
@@ -213,50 +362,29 @@ def fit_em(
     )
     if mesh is not None:
         problem = _devices.sharded_problem(problem)
-    if any(s.A_free for s in problem.specs):
+
+    def start():
+        if not any(s.A_free for s in problem.specs):
+            return params
         # Deterministic start: regress free outputs on PCA (or the fixed) latents.
         z0 = z_fixed if z_fixed is not None else pca_latents(blocks, k, size)
-        params = _devices.initialize(mesh, problem, params, z0)
+        return _devices.initialize(mesh, problem, params, z0)
 
-    params, losses, n_iter, converged = _run(
+    result = run(
         lambda p, prev, threshold, left: _devices.em_chunk(
             mesh, problem, p, prev, threshold, left, _CHUNK, accelerate
         ),
+        start,
         params,
-        max_iter=max_iter,
-        tol=tol,
-        blocks=blocks,
-        progress=progress,
-        call=call,
+        n_obs=n_obs,
     )
-    post, final_loss, row_covs = _devices.final_state(mesh, problem, params)
-    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
-
-    out: dict[str, Any] = {
-        key: dict(val) for key, val in without_latents(fixed).items()
-    }
-    for name, spec, p in zip(names, problem.specs, params, strict=True):
-        entry = {"A": p["A"]}
-        if spec.has_b:
-            entry["b"] = p["b"]
-        if spec.has_s:
-            entry[SCATTER] = p[SCATTER]
-        out[name] = entry
+    post, final_loss, row_covs = _devices.final_state(mesh, problem, result[0])
     if z_fixed is not None:
-        mean = out[LATENTS] = z_fixed[:n]
-        cov = jnp.zeros((n, k, k), dtype)
+        n = blocks[0].values.shape[0]
+        mean, cov = z_fixed, jnp.zeros((n, k, k), dtype)
     else:
-        mean = out[LATENTS] = post.mean[:n]
-        cov = post.cov[:n]
-    return FitResult(
-        params=out,
-        posterior=LatentPosterior(mean, cov),
-        losses=all_losses,
-        n_iter=n_iter,
-        converged=converged,
-        param_cov=dict(zip(names, row_covs, strict=True)),
-        settings=settings,
-    )
+        mean, cov = post.mean, post.cov
+    return result, final_loss, mean, cov, row_covs, problem
 
 
 def _affine_start(
@@ -330,12 +458,14 @@ def _fit_vem(
         lambda st, prev, threshold, left: vem.vem_chunk(
             problem, st, prev, threshold, left, _CHUNK, _INNER, settings["accelerate"]
         ),
+        lambda: state,
         state,
+        n_obs=int(_count_observed(tuple(blocks))),
         max_iter=settings["max_iter"],
         tol=settings["tol"],
-        blocks=blocks,
         progress=progress,
         call=call,
+        checkpoint=None,
     )
     state, final_loss, row_covs = vem.vem_final(problem, state, _INNER)
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -188,6 +189,8 @@ class LuxModel:
         accelerate: bool = True,
         chunk_size: int | None = None,
         devices: int | Sequence[jax.Device] | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        checkpoint_every: int = 10,
     ) -> FitResult:
         """EM fit with the latents marginalised, for outputs polynomial in them.
 
@@ -226,6 +229,18 @@ class LuxModel:
             Each device sweeps over its own stars; only the O(D × K²) sums of each
             sweep are combined, and the result is the one-device result up to
             float rounding.
+        checkpoint, checkpoint_every
+            Affine fits: save the parameters to this ``.npz`` file every
+            ``checkpoint_every`` iterations and at the end; a fit called with an
+            existing file resumes from it (and reaches what the uninterrupted
+            fit would have). A file written by a different fit is refused.
+
+        Data held in Dask arrays (`OutputData` of Dask arrays, affine outputs)
+        are fitted chunk by chunk where Dask keeps them: on the workers of the
+        default `dask.distributed` client if there is one (each worker sums its
+        own chunks; only the O(D × K²) sums of each pass and the parameters
+        cross the network), else with Dask's local scheduler. The result is the
+        in-memory one up to float rounding (and the signs of the latents).
 
         Returns
         -------
@@ -244,6 +259,8 @@ class LuxModel:
             accelerate=accelerate,
             chunk_size=chunk_size,
             devices=devices,
+            checkpoint=checkpoint,
+            checkpoint_every=checkpoint_every,
         )
 
     def infer_latents(

@@ -1,0 +1,562 @@
+r"""Closed-form fits of outputs held in Dask arrays.
+
+The data stay where Dask keeps them, in chunks of stars. Each pass of an EM sweep
+over the data (pass A: posterior, objective and M-step statistics; pass B: the
+s-step sums; pass C when a prior needs it; `pollux.core.em`) runs the same jitted
+kernels on every chunk, and only their sums, whose sizes do not depend on the
+number of stars (:math:`O(D K^2)`), come back to the client; the client solves the
+M-step and the s-step and sends the new parameters out. A sweep is the in-memory
+arithmetic summed in another order.
+
+With a `dask.distributed` client the chunks are persisted on its workers, and the
+chunks a worker holds are summed by one task on that worker, so each pass moves
+one set of sums per worker (and the parameters to each) across the network, never
+the spectra; per-star results (the latent posterior) stay on the workers between
+passes. The grouping is fixed for the whole fit; a lost worker's chunks and tasks
+are recomputed by Dask from their lineage (the source arrays) in the same groups,
+so the result does not depend on it. Without a client the chunks are computed by
+Dask's local scheduler for each pass (from the source: memory stays bounded by a
+few chunks and the posterior; persist the arrays first to keep them in memory).
+
+The PCA start is computed the same way (a randomized range finder whose QR steps
+are Cholesky QR of Gram matrices summed over the chunks, in float64); its latents
+may differ from the in-memory start by the signs of their columns, to which the
+objective and the predictions are blind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import operator
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._params import LATENTS, SCATTER
+from ..core import em
+from ..core.blocks import Block, make_block
+from ..core.chunks import pad_block, pad_rows
+from ..core.mstep import row_covariances
+from ..core.problem import EMProblem
+from ..data._containers import check_values, is_lazy
+from ._checks import check_variance_defined
+
+__all__ = ["Runner", "fit_dask", "is_lazy_data"]
+
+#: Bytes of parameters sent and of sums received by the client, summed over the
+#: passes of the last Dask fit (a benchmark reads them).
+TRAFFIC = {"sent": 0, "received": 0, "passes": 0}
+
+
+def is_lazy_data(data, names: Sequence[str]) -> bool:
+    """Whether any of the outputs ``names`` of ``data`` holds Dask arrays."""
+    return any(data[name].lazy for name in names)
+
+
+class Chunk(NamedTuple):
+    """One Dask chunk of stars as the kernels see it: the blocks of every output
+    and the fixed latents of its stars (or None), padded with missing stars to the
+    size of the largest chunk (one compiled shape); ``n`` rows are real."""
+
+    blocks: tuple[Block, ...]
+    latents: Any
+    n: int
+
+
+def _load(
+    rows: int,
+    outputs: list[tuple[np.ndarray, np.ndarray | None]],
+    latents: np.ndarray | None,
+    checks: list[tuple[str, bool, bool]],
+    call: str,
+) -> Chunk:
+    """A chunk read from its Dask sources, checked like in-memory data."""
+    blocks = []
+    for (values, err), (name, has_scatter, has_err) in zip(
+        outputs, checks, strict=True
+    ):
+        values = np.asarray(values)
+        err = None if err is None else np.asarray(err)
+        check_values(values, err, f"{call}: output {name!r}")
+        block = make_block(values, err)
+        check_variance_defined(block, name, has_scatter, has_err, call)
+        blocks.append(pad_block(block, rows))
+    n = len(outputs[0][0])
+    z = None if latents is None else pad_rows(jnp.asarray(latents), rows, 0.0)
+    return Chunk(tuple(blocks), z, n)
+
+
+def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
+    """``fn(chunk, state, *args) -> (sums, keep)`` over a group of chunks:
+    the sum of their sums (numpy) and what each keeps. ``prev`` is the result of
+    an earlier `_group` call on the same chunks (its kept states) or None."""
+    states = [None] * len(chunks) if prev is None else prev[1]
+    total, kept = None, []
+    for chunk, state in zip(chunks, states, strict=True):
+        sums, keep = fn(chunk, state, *args)
+        total = sums if total is None else jax.tree.map(operator.add, total, sums)
+        kept.append(keep)
+    return jax.device_get(total), kept
+
+
+def _nbytes(tree: Any) -> int:
+    return sum(np.asarray(x).nbytes for x in jax.tree.leaves(tree))
+
+
+class Runner:
+    """Passes of a per-chunk function over the chunks of Dask arrays.
+
+    Parameters
+    ----------
+    parts
+        One `dask.delayed` `Chunk` per chunk of stars.
+    client
+        A `dask.distributed.Client` (the chunks are persisted on its workers and
+        grouped by worker), or None (Dask's local scheduler, one group per chunk,
+        chunks computed for each pass).
+    """
+
+    def __init__(self, parts: list, client: Any = None):
+        self.client = client
+        if client is None:
+            self.parts = parts
+            self.groups = [(None, [i]) for i in range(len(parts))]
+            return
+        from distributed import wait
+
+        self.parts = client.compute(parts)
+        wait(self.parts)
+        where = client.who_has(self.parts)
+        by_worker: dict[str, list[int]] = {}
+        for i, fut in enumerate(self.parts):
+            by_worker.setdefault(sorted(where[fut.key])[0], []).append(i)
+        self.groups = sorted(by_worker.items(), key=lambda item: item[1][0])
+
+    def run(
+        self, fn: Callable, *args: Any, states: list | None = None
+    ) -> tuple[Any, list]:
+        """``fn(chunk, state, *args) -> (sums, keep)`` on every chunk: the sums
+        added over all chunks (in a fixed order) and a handle per group on what
+        the chunks keep (``states`` of a later call)."""
+        args = jax.device_get(args)
+        states = [None] * len(self.groups) if states is None else states
+        if self.client is None:
+            import dask
+
+            tasks = [
+                dask.delayed(_group, pure=False)(
+                    fn, args, [self.parts[i] for i in idx], prev
+                )
+                for (_, idx), prev in zip(self.groups, states, strict=True)
+            ]
+            results = list(dask.compute(*tasks))
+            sums = [r[0] for r in results]
+        else:
+            results = [
+                self.client.submit(
+                    _group,
+                    fn,
+                    args,
+                    [self.parts[i] for i in idx],
+                    prev,
+                    workers=[worker],
+                    allow_other_workers=True,
+                    pure=False,
+                )
+                for (worker, idx), prev in zip(self.groups, states, strict=True)
+            ]
+            sums = self.client.gather(
+                [
+                    self.client.submit(operator.itemgetter(0), r, pure=False)
+                    for r in results
+                ]
+            )
+        total = sums[0]
+        for s in sums[1:]:
+            total = jax.tree.map(operator.add, total, s)
+        TRAFFIC["sent"] += _nbytes(args) * len(self.groups)
+        TRAFFIC["received"] += _nbytes(sums)
+        TRAFFIC["passes"] += 1
+        return total, results
+
+    def collect(self, states: list) -> list:
+        """What every chunk kept (in chunk order), brought to the client."""
+        if self.client is not None:
+            states = self.client.gather(states)
+        kept = [None] * len(self.parts)
+        for (_, idx), state in zip(self.groups, states, strict=True):
+            for i, keep in zip(idx, state[1], strict=True):
+                kept[i] = keep
+        return kept
+
+
+# ----------------------------------------------------------------------------------
+# Per-chunk work (runs on the workers)
+# ----------------------------------------------------------------------------------
+def _problem(template: EMProblem, chunk: Chunk) -> EMProblem:
+    return dataclasses.replace(
+        template, blocks=chunk.blocks, fixed_latents=chunk.latents
+    )
+
+
+_floor_sums = jax.jit(em.floor_sums)
+_posterior_pass = jax.jit(em.posterior_pass, static_argnames=("unweighted",))
+_s_sum_pass = jax.jit(em.s_sum_pass)
+_s_value_pass = jax.jit(em.s_value_pass)
+
+
+@jax.jit
+def _n_observed(blocks: tuple[Block, ...]):
+    return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
+
+
+def _w_constants(chunk: Chunk, state, template: EMProblem):
+    """The observed count and the sums of the s floors."""
+    problem = _problem(template, chunk)
+    return (_n_observed(problem.blocks), _floor_sums(problem)), None
+
+
+def _w_pass_a(chunk: Chunk, state, template: EMProblem, params):
+    """Pass A; keeps the posterior (or the fixed latents) of the chunk's stars."""
+    a = _posterior_pass(_problem(template, chunk), params)
+    return (a.nll, a.stats), (a.mean, a.cov)
+
+
+def _w_start_a(chunk: Chunk, state, template: EMProblem, params):
+    """The start regression's statistics on the latents ``state`` (kept)."""
+    a = _posterior_pass(
+        _problem(template, chunk), params, latents=state, unweighted=True
+    )
+    return a.stats, (state, None)
+
+
+def _w_s_sums(chunk: Chunk, state, template: EMProblem, params, t0):
+    mean, cov = state
+    return _s_sum_pass(_problem(template, chunk), params, mean, cov, t0), state
+
+
+def _w_s_values(chunk: Chunk, state, template: EMProblem, params, cands):
+    mean, cov = state
+    return _s_value_pass(_problem(template, chunk), params, mean, cov, cands), state
+
+
+def _centred(chunk: Chunk, means: np.ndarray) -> np.ndarray:
+    """The chunk's mean-centred outputs, zero where missing (padding included)."""
+    parts = [
+        np.where(np.asarray(b.mask), np.asarray(b.values), 0.0) for b in chunk.blocks
+    ]
+    x = np.concatenate(parts, axis=1)
+    mask = np.concatenate([np.asarray(b.mask) for b in chunk.blocks], axis=1)
+    return np.where(mask, x - means, 0.0)
+
+
+def _w_pca_means(chunk: Chunk, state):
+    sums, counts = [], []
+    seen = np.zeros(chunk.blocks[0].values.shape[0], bool)
+    for b in chunk.blocks:
+        mask = np.asarray(b.mask)
+        sums.append(np.where(mask, np.asarray(b.values), 0.0).sum(axis=0))
+        counts.append(mask.sum(axis=0))
+        seen |= mask.any(axis=1)
+    return (np.concatenate(sums), np.concatenate(counts), seen.sum()), None
+
+
+def _w_pca_range(chunk: Chunk, state, means, v):
+    """``Y = X v`` (kept) and its Gram matrix ``YᵀY``, in float64."""
+    y = _centred(chunk, means).astype(np.float64) @ v
+    return y.T @ y, y
+
+
+def _w_pca_gram(chunk: Chunk, y, a):
+    q = y @ a
+    return q.T @ q, y
+
+
+def _w_pca_project(chunk: Chunk, y, means, a):
+    """``Xᵀ Q`` with ``Q = Y a``."""
+    return _centred(chunk, means).astype(np.float64).T @ (y @ a), y
+
+
+def _w_pca_scores(chunk: Chunk, y, a, dtype):
+    return 0, jnp.asarray(y @ a, dtype)
+
+
+def _w_fixed_latents(chunk: Chunk, state):
+    return 0, chunk.latents
+
+
+# ----------------------------------------------------------------------------------
+# The fit (on the client)
+# ----------------------------------------------------------------------------------
+# The client's small steps, compiled (their loops would be traced on every call).
+_m_solve = jax.jit(em.m_solve)
+_s_start = jax.jit(em.s_start)
+_s_newton = jax.jit(em.s_newton)
+_s_finish = jax.jit(em.s_finish)
+_floors_from_sums = jax.jit(em.floors_from_sums)
+_neg_log_prior = jax.jit(em.neg_log_prior)
+
+
+@jax.jit
+def _extrapolate(p0, p1, p2):
+    return em.positive_scatter(em.squarem_point(p0, p1, p2))
+
+
+@jax.jit
+def _row_covariances(problem: EMProblem, stats, params):
+    return tuple(
+        row_covariances(spec, st, ridge, p["A"])
+        for spec, st, ridge, p in zip(
+            problem.specs, stats, problem.ridges, params, strict=True
+        )
+    )
+
+
+def _orthonormalise(runner: Runner, y_states: list, gram) -> np.ndarray:
+    """``a`` such that ``Y a`` has orthonormal columns (Cholesky QR, twice),
+    from the Gram matrix ``gram = YᵀY``."""
+    a = np.linalg.inv(np.linalg.cholesky(gram).T)
+    gram2, _ = runner.run(_w_pca_gram, a, states=y_states)
+    return a @ np.linalg.inv(np.linalg.cholesky(gram2).T)
+
+
+def _pca_latents(runner: Runner, k: int, d: int, dtype) -> list:
+    """PCA start latents of every chunk (states kept on the workers), as
+    `pollux.core.pca.pca_latents`: a randomized range finder, two power
+    iterations, the leading ``k`` scores scaled to unit variance over the stars
+    with data."""
+    (sums, counts, n_seen), _ = runner.run(_w_pca_means)
+    means = sums / np.maximum(counts, 1)
+    n_seen = max(int(n_seen), 1)
+    r = min(k + 8, d, n_seen)
+    omega = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (d, r), dtype))
+    gram, ys = runner.run(_w_pca_range, means, omega.astype(np.float64))
+    a = _orthonormalise(runner, ys, gram)
+    for _ in range(2):  # power iterations
+        z, _ = runner.run(_w_pca_project, means, a, states=ys)
+        gram, ys = runner.run(_w_pca_range, means, z)
+        a = _orthonormalise(runner, ys, gram)
+    b, _ = runner.run(_w_pca_project, means, a, states=ys)
+    u_small, _, _ = np.linalg.svd(b.T, full_matrices=False)
+    a = a @ u_small[:, : min(k, r)] * np.sqrt(n_seen)
+    if a.shape[1] < k:
+        msg = (
+            "LuxModel.fit: Dask data with fewer observed dimensions or stars than "
+            "latents; give more data or fewer latents"
+        )
+        raise ValueError(msg)
+    _, states = runner.run(_w_pca_scores, a, np.dtype(dtype), states=ys)
+    return states
+
+
+def _s_steps(runner, problem, floors, params, post_states) -> tuple:
+    """The s-step of every free scatter (passes B and C over the chunks)."""
+    if not em.free_scatter(problem):
+        return params
+    t0 = _s_start(problem, floors, params)
+    sums, _ = runner.run(_w_s_sums, problem, params, t0, states=post_states)
+    cands = _s_newton(problem, floors, sums, t0)
+    values = {}
+    if cands:
+        values, _ = runner.run(_w_s_values, problem, params, cands, states=post_states)
+    return _s_finish(problem, floors, params, t0, sums, cands, values)
+
+
+class DaskEM:
+    """EM sweeps of an `EMProblem` whose data are the chunks of a `Runner`
+    (``problem.blocks`` hold no stars: they give the shapes and dtype)."""
+
+    def __init__(self, runner: Runner, problem: EMProblem):
+        self.runner, self.problem = runner, problem
+        (n_obs, floor_sums), _ = runner.run(_w_constants, problem)
+        self.n_obs = float(n_obs)
+        self.floors = _floors_from_sums(problem, floor_sums)
+
+    def initialize(self, params: tuple, latent_states: list) -> tuple:
+        """`pollux.core.em.initialize` on the chunks (latents kept per chunk)."""
+        stats, states = self.runner.run(
+            _w_start_a, self.problem, params, states=latent_states
+        )
+        new = _m_solve(self.problem, params, stats)
+        new = _s_steps(self.runner, self.problem, self.floors, new, states)
+        return tuple(
+            q if spec.A_free else p
+            for spec, p, q in zip(self.problem.specs, params, new, strict=True)
+        )
+
+    def pass_a(self, params: tuple):
+        """Pass A: ``(objective, stats, posterior states)`` at ``params``."""
+        (nll, stats), states = self.runner.run(_w_pass_a, self.problem, params)
+        return nll + _neg_log_prior(self.problem, params), stats, states
+
+    def sweep(self, params: tuple) -> tuple[tuple, Any]:
+        """One EM sweep: the new parameters and the objective at ``params``."""
+        loss, stats, states = self.pass_a(params)
+        new = _m_solve(self.problem, params, stats)
+        return _s_steps(self.runner, self.problem, self.floors, new, states), loss
+
+    def squarem(self, params: tuple) -> tuple[tuple, Any]:
+        """One SQUAREM cycle, as `pollux.core.em`'s compiled one."""
+        p1, loss0 = self.sweep(params)
+        p2, loss1 = self.sweep(p1)
+        extrap = _extrapolate(params, p1, p2)
+        p3, loss2 = self.sweep(extrap)
+        ok = bool(np.isfinite(loss2) & (loss2 <= loss1))
+        return (p3 if ok else p2), loss0
+
+    def chunk(self, accelerate: bool, n_steps: int):
+        """A ``chunk(params, prev_loss, threshold, max_steps)`` for `_fit._run`:
+        up to ``min(max_steps, n_steps)`` iterations, stopping as
+        `pollux.core.em.run_until_settled` does."""
+        step = self.squarem if accelerate else self.sweep
+
+        def run(params, prev, threshold, max_steps):
+            losses = np.full(n_steps, np.nan)
+            last, done, i = float(prev), False, 0
+            while i < min(int(max_steps), n_steps) and not done:
+                params, loss = step(params)
+                losses[i] = loss = float(loss)
+                done = abs(last - loss) <= float(threshold)
+                last, i = loss, i + 1
+            return params, losses, i, done
+
+        return run
+
+    def final(self, params: tuple):
+        """Objective, posterior means and covariances (numpy, every star) and
+        the row covariances of each output at ``params``."""
+        loss, stats, states = self.pass_a(params)
+        row_covs = _row_covariances(self.problem, stats, params)
+        return loss, self.runner.collect(states), row_covs
+
+
+def chunks_of(
+    data, names: Sequence[str], model, fixed: dict, call: str
+) -> tuple[list, list[int]]:
+    """One delayed `Chunk` per chunk of stars of the outputs ``names`` (all
+    rechunked to the rows of the first), and the number of stars of each."""
+    import dask
+    import dask.array as da
+
+    arrays, checks = [], []
+    for name in names:
+        out, t = data[name], model.outputs[name]
+        if out.size != t.output_size:
+            msg = (
+                f"{call}: output {name!r} has {out.size} dimensions in the data "
+                f"but its transform has output_size={t.output_size}"
+            )
+            raise ValueError(msg)
+        values = out.data if is_lazy(out.data) else da.from_array(np.asarray(out.data))
+        err = out.err
+        if err is not None and not is_lazy(err):
+            err = da.from_array(np.asarray(err))
+        arrays.append((values, err))
+        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
+        if not has_scatter and err is None:
+            msg = (
+                f"{call}: output {name!r} has no reported errors and no extra "
+                "scatter 's'; give OutputData(err=...) or add an 's' prior to its "
+                "transform"
+            )
+            raise ValueError(msg)
+        checks.append((name, has_scatter, err is not None))
+    dtype = arrays[0][0].dtype
+    rows = next(a for a, _ in arrays if is_lazy(a)).chunks[0]
+    offsets = np.concatenate([[0], np.cumsum(rows)])
+
+    def split(x):
+        if x is None:
+            return [None] * len(rows)
+        x = x.astype(dtype).rechunk({0: rows, 1: -1})
+        return list(x.to_delayed().ravel())
+
+    per_output = [(split(v), split(e)) for v, e in arrays]
+    z = fixed.get(LATENTS)
+    load = dask.delayed(_load, pure=True)
+    parts = [
+        load(
+            max(rows),
+            [(vs[c], es[c]) for vs, es in per_output],
+            None if z is None else np.asarray(z[offsets[c] : offsets[c + 1]], dtype),
+            checks,
+            call,
+        )
+        for c in range(len(rows))
+    ]
+    return parts, list(rows)
+
+
+def _client() -> Any:
+    """The default `dask.distributed` client, or None."""
+    try:
+        from distributed import default_client
+    except ImportError:  # pragma: no cover - distributed is a dependency
+        return None
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+def fit_dask(
+    model,
+    data,
+    names: tuple[str, ...],
+    fixed: dict,
+    *,
+    problem_for: Callable,
+    run: Callable,
+    accelerate: bool,
+    n_steps: int,
+    call: str,
+) -> tuple:
+    """The affine fit of Dask-backed ``data`` on the chunks of its arrays (the
+    default distributed client's workers, if there is one).
+
+    ``problem_for(blocks, chunk_size)`` builds the `EMProblem` and start
+    parameters; ``run(chunk, params, n_obs, start)`` runs the iterations (with
+    ``start()`` giving the start parameters unless a checkpoint holds them).
+    Returns ``(params, run's other outputs, final loss, mean, cov, row_covs,
+    problem)``.
+    """
+    for key in TRAFFIC:
+        TRAFFIC[key] = 0
+    parts, rows = chunks_of(data, names, model, fixed, call)
+    runner = Runner(parts, _client())
+    dtype = data[names[0]].data.dtype
+    empty = tuple(
+        Block(jnp.zeros((0, model.outputs[name].output_size), dtype), None)
+        for name in names
+    )
+    problem, params = problem_for(empty, max(rows))
+    dask_em = DaskEM(runner, problem)
+    k = model.latent_size
+
+    def start():
+        if not any(s.A_free for s in problem.specs):
+            return params
+        if LATENTS in fixed:
+            _, latents = runner.run(_w_fixed_latents)
+        else:
+            d = sum(b.values.shape[1] for b in empty)
+            latents = _pca_latents(runner, k, d, dtype)
+        return dask_em.initialize(params, latents)
+
+    out = run(dask_em.chunk(accelerate, n_steps), params, dask_em.n_obs, start)
+    params = out[0]
+    loss, kept, row_covs = dask_em.final(params)
+    n = sum(rows)
+    mean = np.concatenate(
+        [np.asarray(m)[:r] for (m, _), r in zip(kept, rows, strict=True)]
+    )
+    if LATENTS in fixed:
+        cov = np.zeros((n, k, k), dtype)
+    else:
+        cov = np.concatenate(
+            [np.asarray(c)[:r] for (_, c), r in zip(kept, rows, strict=True)]
+        )
+    return out, loss, mean, cov, row_covs, problem
