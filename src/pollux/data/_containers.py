@@ -54,13 +54,18 @@ def is_lazy(x: Any) -> bool:
     return hasattr(x, "__dask_graph__")
 
 
-def check_values(data: Any, err: Any, call: str) -> None:
-    """Refuse infinite values and NaN or negative errors (``call`` names the
-    caller in the message)."""
+def check_values(
+    data: Any,
+    err: Any,
+    data_name: str = "OutputData(data=...)",
+    err_name: str = "OutputData(err=...)",
+) -> None:
+    """Refuse infinite values, errors of another shape, and NaN or negative
+    errors (the names say where they come from in the messages)."""
     if np.isinf(data).any():
         n_inf = int(np.isinf(data).sum())
         msg = (
-            f"{call}(data=...): {n_inf} value(s) are infinite. Mark missing "
+            f"{data_name}: {n_inf} value(s) are infinite. Mark missing "
             "values with NaN (or give them an infinite error) instead."
         )
         raise ValueError(msg)
@@ -68,17 +73,17 @@ def check_values(data: Any, err: Any, call: str) -> None:
         return
     if err.shape != data.shape:
         msg = (
-            f"{call}(err=...): shape {err.shape} does not match data shape {data.shape}"
+            f"{err_name}: shape {err.shape} does not match data shape {data.shape}"
         )
         raise ValueError(msg)
     if np.isnan(err).any():
         msg = (
-            f"{call}(err=...): errors contain NaN. For a missing value set "
+            f"{err_name}: errors contain NaN. For a missing value set "
             "the data to NaN (with any finite error) or the error to inf."
         )
         raise ValueError(msg)
     if (err < 0).any():
-        msg = f"{call}(err=...): errors must be >= 0, found negative values"
+        msg = f"{err_name}: errors must be >= 0, found negative values"
         raise ValueError(msg)
 
 
@@ -170,7 +175,7 @@ class OutputData(eqx.Module):
         else:
             arr = _as_2d_float(data, "OutputData(data=...)")
             err_arr = None if err is None else _as_2d_float(err, "OutputData(err=...)")
-            check_values(arr, err_arr, "OutputData")
+            check_values(arr, err_arr)
             arr = jnp.asarray(arr)
             err_arr = None if err_arr is None else jnp.asarray(err_arr)
         if preprocessor is None:

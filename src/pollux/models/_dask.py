@@ -27,6 +27,7 @@ objective and the predictions are blind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -36,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._params import LATENTS, SCATTER
-from ..core import em
+from ..core import em, posterior
 from ..core.blocks import Block, make_block
 from ..core.chunks import pad_block, pad_rows
 from ..core.mstep import row_covariances
@@ -66,21 +67,37 @@ class Chunk(NamedTuple):
     n: int
 
 
+def _x64(fn: Callable) -> Callable:
+    """``fn`` run with the client's ``jax_enable_x64`` (its first argument): a
+    worker process has its own JAX configuration."""
+
+    @functools.wraps(fn)
+    def run(x64: bool, *args: Any) -> Any:
+        with jax.enable_x64(x64):
+            return fn(*args)
+
+    return run
+
+
+@_x64
 def _load(
     rows: int,
     outputs: list[tuple[np.ndarray, np.ndarray | None]],
     latents: np.ndarray | None,
     checks: list[tuple[str, bool, bool]],
     call: str,
+    start: int,
 ) -> Chunk:
-    """A chunk read from its Dask sources, checked like in-memory data."""
+    """A chunk read from its Dask sources (stars ``start`` on), checked like
+    in-memory data."""
     blocks = []
     for (values, err), (name, has_scatter, has_err) in zip(
         outputs, checks, strict=True
     ):
         values = np.asarray(values)
         err = None if err is None else np.asarray(err)
-        check_values(values, err, f"{call}: output {name!r}")
+        where = f"{call}: output {name!r}, stars {start} to {start + len(values) - 1}"
+        check_values(values, err, f"{where}: the data", f"{where}: the errors")
         block = make_block(values, err)
         check_variance_defined(block, name, has_scatter, has_err, call)
         blocks.append(pad_block(block, rows))
@@ -89,6 +106,7 @@ def _load(
     return Chunk(tuple(blocks), z, n)
 
 
+@_x64
 def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
     """``fn(chunk, state, *args) -> (sums, keep)`` over a group of chunks:
     the sum of their sums (numpy) and what each keeps. ``prev`` is the result of
@@ -100,6 +118,10 @@ def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
         total = sums if total is None else jax.tree.map(operator.add, total, sums)
         kept.append(keep)
     return jax.device_get(total), kept
+
+
+def _client_x64() -> bool:
+    return bool(jax.config.jax_enable_x64)
 
 
 def _nbytes(tree: Any) -> int:
@@ -129,6 +151,9 @@ class Runner:
 
         self.parts = client.compute(parts)
         wait(self.parts)
+        for fut in self.parts:
+            if fut.status == "error":
+                fut.result()  # raises the chunk's error (e.g. a refused value)
         where = client.who_has(self.parts)
         by_worker: dict[str, list[int]] = {}
         for i, fut in enumerate(self.parts):
@@ -148,7 +173,7 @@ class Runner:
 
             tasks = [
                 dask.delayed(_group, pure=False)(
-                    fn, args, [self.parts[i] for i in idx], prev
+                    _client_x64(), fn, args, [self.parts[i] for i in idx], prev
                 )
                 for (_, idx), prev in zip(self.groups, states, strict=True)
             ]
@@ -158,6 +183,7 @@ class Runner:
             results = [
                 self.client.submit(
                     _group,
+                    _client_x64(),
                     fn,
                     args,
                     [self.parts[i] for i in idx],
@@ -245,12 +271,9 @@ def _w_s_values(chunk: Chunk, state, template: EMProblem, params, cands):
 
 def _centred(chunk: Chunk, means: np.ndarray) -> np.ndarray:
     """The chunk's mean-centred outputs, zero where missing (padding included)."""
-    parts = [
-        np.where(np.asarray(b.mask), np.asarray(b.values), 0.0) for b in chunk.blocks
-    ]
-    x = np.concatenate(parts, axis=1)
+    x = np.concatenate([np.asarray(b.values) for b in chunk.blocks], axis=1)
     mask = np.concatenate([np.asarray(b.mask) for b in chunk.blocks], axis=1)
-    return np.where(mask, x - means, 0.0)
+    return np.where(mask, x - means, 0).astype(x.dtype)
 
 
 def _w_pca_means(chunk: Chunk, state):
@@ -258,30 +281,20 @@ def _w_pca_means(chunk: Chunk, state):
     seen = np.zeros(chunk.blocks[0].values.shape[0], bool)
     for b in chunk.blocks:
         mask = np.asarray(b.mask)
-        sums.append(np.where(mask, np.asarray(b.values), 0.0).sum(axis=0))
+        sums.append(np.where(mask, np.asarray(b.values), 0).sum(axis=0))
         counts.append(mask.sum(axis=0))
         seen |= mask.any(axis=1)
     return (np.concatenate(sums), np.concatenate(counts), seen.sum()), None
 
 
-def _w_pca_range(chunk: Chunk, state, means, v):
-    """``Y = X v`` (kept) and its Gram matrix ``YᵀY``, in float64."""
-    y = _centred(chunk, means).astype(np.float64) @ v
-    return y.T @ y, y
+def _w_pca_product(chunk: Chunk, state, means, v):
+    """``X v`` (kept)."""
+    return 0, _centred(chunk, means) @ v
 
 
-def _w_pca_gram(chunk: Chunk, y, a):
-    q = y @ a
-    return q.T @ q, y
-
-
-def _w_pca_project(chunk: Chunk, y, means, a):
-    """``Xᵀ Q`` with ``Q = Y a``."""
-    return _centred(chunk, means).astype(np.float64).T @ (y @ a), y
-
-
-def _w_pca_scores(chunk: Chunk, y, a, dtype):
-    return 0, jnp.asarray(y @ a, dtype)
+def _w_pca_project(chunk: Chunk, q, means):
+    """``Xᵀ q`` for the chunk's rows ``q`` of an ``(N, r)`` matrix."""
+    return _centred(chunk, means).T @ q, None
 
 
 def _w_fixed_latents(chunk: Chunk, state):
@@ -315,41 +328,54 @@ def _row_covariances(problem: EMProblem, stats, params):
     )
 
 
-def _orthonormalise(runner: Runner, y_states: list, gram) -> np.ndarray:
-    """``a`` such that ``Y a`` has orthonormal columns (Cholesky QR, twice),
-    from the Gram matrix ``gram = YᵀY``."""
-    a = np.linalg.inv(np.linalg.cholesky(gram).T)
-    gram2, _ = runner.run(_w_pca_gram, a, states=y_states)
-    return a @ np.linalg.inv(np.linalg.cholesky(gram2).T)
-
-
-def _pca_latents(runner: Runner, k: int, d: int, dtype) -> list:
-    """PCA start latents of every chunk (states kept on the workers), as
-    `pollux.core.pca.pca_latents`: a randomized range finder, two power
-    iterations, the leading ``k`` scores scaled to unit variance over the stars
-    with data."""
+def _pca_latents(runner: Runner, rows: list[int], k: int, d: int, dtype) -> list:
+    """`pollux.core.pca.pca_latents` of the chunks: the same randomized range
+    finder and power iterations, the products with the data done per chunk and
+    the small QR and SVD steps on the client, on the ``(N, K + 8)`` products
+    (gathered three times; the data never move). The latents of each chunk are
+    returned as states of the runner."""
     (sums, counts, n_seen), _ = runner.run(_w_pca_means)
-    means = sums / np.maximum(counts, 1)
-    n_seen = max(int(n_seen), 1)
-    r = min(k + 8, d, n_seen)
-    omega = np.asarray(jax.random.normal(jax.random.PRNGKey(0), (d, r), dtype))
-    gram, ys = runner.run(_w_pca_range, means, omega.astype(np.float64))
-    a = _orthonormalise(runner, ys, gram)
+    means = (sums / np.maximum(counts, 1)).astype(dtype)
+    n = sum(rows)
+    r = min(k + 8, d, n)
+    bounds = np.concatenate([[0], np.cumsum(rows)])
+
+    def split(x):
+        """Per group: the rows of ``x`` of each of its chunks (padded)."""
+        pad = max(rows)
+        return [
+            (
+                None,
+                [
+                    np.pad(x[bounds[i] : bounds[i + 1]], ((0, pad - rows[i]), (0, 0)))
+                    for i in idx
+                ],
+            )
+            for _, idx in runner.groups
+        ]
+
+    def product(v):
+        _, states = runner.run(_w_pca_product, means, v)
+        kept = runner.collect(states)
+        y = np.concatenate([y[:m] for y, m in zip(kept, rows, strict=True)])
+        return jnp.linalg.qr(jnp.asarray(y))[0]
+
+    def project(q):
+        total, _ = runner.run(_w_pca_project, means, states=split(np.asarray(q)))
+        return jnp.asarray(total)
+
+    q = product(np.asarray(jax.random.normal(jax.random.PRNGKey(0), (d, r), dtype)))
     for _ in range(2):  # power iterations
-        z, _ = runner.run(_w_pca_project, means, a, states=ys)
-        gram, ys = runner.run(_w_pca_range, means, z)
-        a = _orthonormalise(runner, ys, gram)
-    b, _ = runner.run(_w_pca_project, means, a, states=ys)
-    u_small, _, _ = np.linalg.svd(b.T, full_matrices=False)
-    a = a @ u_small[:, : min(k, r)] * np.sqrt(n_seen)
-    if a.shape[1] < k:
+        q = product(np.asarray(project(q)))
+    u_small, _, _ = jnp.linalg.svd(project(q).T, full_matrices=False)
+    z = (q @ u_small)[:, : min(k, r)] * jnp.sqrt(max(int(n_seen), 1))
+    if z.shape[1] < k:
         msg = (
             "LuxModel.fit: Dask data with fewer observed dimensions or stars than "
             "latents; give more data or fewer latents"
         )
         raise ValueError(msg)
-    _, states = runner.run(_w_pca_scores, a, np.dtype(dtype), states=ys)
-    return states
+    return split(np.asarray(z, dtype))
 
 
 def _s_steps(runner, problem, floors, params, post_states) -> tuple:
@@ -479,11 +505,13 @@ def chunks_of(
     load = dask.delayed(_load, pure=True)
     parts = [
         load(
+            _client_x64(),
             max(rows),
             [(vs[c], es[c]) for vs, es in per_output],
             None if z is None else np.asarray(z[offsets[c] : offsets[c + 1]], dtype),
             checks,
             call,
+            int(offsets[c]),
         )
         for c in range(len(rows))
     ]
@@ -543,7 +571,7 @@ def fit_dask(
             _, latents = runner.run(_w_fixed_latents)
         else:
             d = sum(b.values.shape[1] for b in empty)
-            latents = _pca_latents(runner, k, d, dtype)
+            latents = _pca_latents(runner, rows, k, d, dtype)
         return dask_em.initialize(params, latents)
 
     out = run(dask_em.chunk(accelerate, n_steps), params, dask_em.n_obs, start)
@@ -560,3 +588,64 @@ def fit_dask(
             [np.asarray(c)[:r] for (_, c), r in zip(kept, rows, strict=True)]
         )
     return out, loss, mean, cov, row_covs, problem
+
+
+# ----------------------------------------------------------------------------------
+# Posteriors and predictions of Dask-backed data: Dask arrays, chunk by chunk
+# ----------------------------------------------------------------------------------
+@_x64
+def _moments(chunk: Chunk, affine: tuple, size: int) -> tuple[np.ndarray, np.ndarray]:
+    mean, cov = posterior.posterior_moments(chunk.blocks, *affine, chunk_size=size)
+    return np.asarray(mean)[: chunk.n], np.asarray(cov)[: chunk.n]
+
+
+def posterior_dask(
+    model, data, names: Sequence[str], params: dict, affine: tuple, size_for, call: str
+) -> tuple[Any, Any]:
+    """Posterior means ``(N, K)`` and covariances ``(N, K, K)`` of Dask-backed
+    ``data`` as Dask arrays with the data's chunks of stars (computed on demand,
+    where the data are)."""
+    import dask
+    import dask.array as da
+
+    parts, rows = chunks_of(data, names, model, params, call)
+    k, dtype = model.latent_size, np.dtype(data[names[0]].data.dtype)
+    size = size_for(max(rows))
+    affine = jax.device_get(affine)
+    means, covs = [], []
+    for part, r in zip(parts, rows, strict=True):
+        mean, cov = dask.delayed(_moments, nout=2, pure=True)(
+            _client_x64(), part, affine, size
+        )
+        means.append(da.from_delayed(mean, (r, k), dtype))
+        covs.append(da.from_delayed(cov, (r, k, k), dtype))
+    return da.concatenate(means), da.concatenate(covs)
+
+
+@_x64
+def _predictive(mean, cov, W, b, s2, row_cov, size) -> np.ndarray:
+    mu, err = posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=size)
+    return np.stack([np.asarray(mu), np.asarray(err)])
+
+
+def predictive_dask(mean, cov, W, b, s2, row_cov, size_for) -> tuple[Any, Any]:
+    """Predictive means and errors ``(N, D)`` of one output, as Dask arrays
+    chunked like the posterior ``mean`` (a Dask array)."""
+    import dask
+    import dask.array as da
+
+    rows = mean.chunks[0]
+    means = mean.rechunk((rows, -1)).to_delayed().ravel()
+    covs = cov.rechunk((rows, -1, -1)).to_delayed().ravel()
+    d, size = W.shape[0], size_for(max(rows))
+    fixed = jax.device_get((W, b, s2, row_cov))
+    out = [
+        da.from_delayed(
+            dask.delayed(_predictive, pure=True)(_client_x64(), m, c, *fixed, size),
+            (2, r, d),
+            mean.dtype,
+        )
+        for m, c, r in zip(means, covs, rows, strict=True)
+    ]
+    both = da.concatenate(out, axis=1)
+    return both[0], both[1]

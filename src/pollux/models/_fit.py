@@ -29,6 +29,7 @@ from ..core.chunks import auto_chunk_size, bucket, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
 from ..data import OutputData, PolluxData
+from ..data._containers import is_lazy
 from . import _dask, _devices
 from ._affine import affine_params
 from ._checkpoint import Checkpoint
@@ -160,6 +161,17 @@ def _check_mesh(devices: Any, quadratic: bool, call: str):
     return mesh
 
 
+def _refuse_lazy(quadratic: bool, mesh, call: str) -> None:
+    """Dask data serve affine outputs on the default device."""
+    if quadratic or mesh is not None:
+        msg = (
+            f"{call}: Dask data serve affine outputs on the default device; give "
+            "in-memory arrays for a QuadraticTransform output, and leave "
+            "devices=None with Dask data (run one Dask worker per device instead)"
+        )
+        raise ValueError(msg)
+
+
 def chunk_size_for(
     chunk_size: int | None, n: int, widths: Iterable[int], k: int, dtype
 ) -> int:
@@ -249,13 +261,7 @@ def fit_em(
         _run, max_iter=max_iter, tol=tol, progress=progress, call=call, checkpoint=ckpt
     )
     if lazy:
-        if quadratic or mesh is not None:
-            msg = (
-                f"{call}: Dask data serve fits of affine outputs on the default "
-                "device; leave devices=None (use a Dask worker per device instead) "
-                "and use affine transforms, or give in-memory arrays"
-            )
-            raise ValueError(msg)
+        _refuse_lazy(quadratic, mesh, call)
         out = _dask.fit_dask(
             model,
             data,
@@ -509,6 +515,22 @@ def infer_latents(
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )
+    k = model.latent_size
+    if _dask.is_lazy_data(data, names):
+        _refuse_lazy(quadratic, mesh, call)
+        require_scatter(model, params, names, call)
+        dtype = data[names[0]].data.dtype
+        widths = [data[name].size for name in names]
+        mean, cov = _dask.posterior_dask(
+            model,
+            data,
+            names,
+            params,
+            affine_params(model, params, names, dtype),
+            lambda rows: chunk_size_for(chunk_size, rows, widths, k, dtype),
+            call,
+        )
+        return LatentPosterior(mean, cov)
     blocks = blocks_for(model, data, names, params, call)
     dtype = blocks[0].values.dtype
     require_scatter(model, params, names, call)
@@ -611,6 +633,23 @@ def predict(
     n = posterior.mean.shape[0]
     affine = affine_params(model, params, names, dtype)
     k = model.latent_size
+    if is_lazy(posterior.mean):
+        _refuse_lazy(quadratic, mesh, call)
+        for name, W, b, s2 in zip(names, *affine, strict=True):
+            C = row_covs.get(name)
+            mean, err = _dask.predictive_dask(
+                posterior.mean,
+                posterior.cov,
+                W,
+                b,
+                s2,
+                None if C is None else C.astype(dtype),
+                lambda rows, d=W.shape[0]: chunk_size_for(
+                    chunk_size, rows, [d], k, dtype
+                ),
+            )
+            out[name] = OutputData(mean, err=err, preprocessed=True)
+        return PolluxData(**out)
     width = 2 * sum(W.shape[0] for W in affine[0]) + k + k * k  # outputs + posterior
     row = width * np.dtype(dtype).itemsize
     n_pad, n_local = _padded_rows(n, row, mesh)
