@@ -72,9 +72,7 @@ def check_values(
     if err is None:
         return
     if err.shape != data.shape:
-        msg = (
-            f"{err_name}: shape {err.shape} does not match data shape {data.shape}"
-        )
+        msg = f"{err_name}: shape {err.shape} does not match data shape {data.shape}"
         raise ValueError(msg)
     if np.isnan(err).any():
         msg = (

@@ -45,7 +45,17 @@ from ..core.problem import EMProblem
 from ..data._containers import check_values, is_lazy
 from ._checks import check_variance_defined
 
-__all__ = ["Runner", "fit_dask", "is_lazy_data"]
+__all__ = [
+    "TRAFFIC",
+    "Chunk",
+    "DaskEM",
+    "Runner",
+    "chunks_of",
+    "fit_dask",
+    "is_lazy_data",
+    "posterior_dask",
+    "predictive_dask",
+]
 
 #: Bytes of parameters sent and of sums received by the client, summed over the
 #: passes of the last Dask fit (a benchmark reads them).
@@ -545,11 +555,12 @@ def fit_dask(
     """The affine fit of Dask-backed ``data`` on the chunks of its arrays (the
     default distributed client's workers, if there is one).
 
-    ``problem_for(blocks, chunk_size)`` builds the `EMProblem` and start
-    parameters; ``run(chunk, params, n_obs, start)`` runs the iterations (with
-    ``start()`` giving the start parameters unless a checkpoint holds them).
-    Returns ``(params, run's other outputs, final loss, mean, cov, row_covs,
-    problem)``.
+    ``problem_for(blocks, rows)`` builds the `EMProblem` (of blocks without
+    stars, chunks of ``rows`` stars) and the start parameters; ``run(chunk,
+    params, n_obs, start)`` runs the iterations (``start()`` gives the start
+    parameters unless a checkpoint holds them) and returns ``(params, losses,
+    n_iter, converged)``. Returns that, the final objective, the posterior means
+    and covariances of all stars (numpy), the row covariances and the problem.
     """
     for key in TRAFFIC:
         TRAFFIC[key] = 0
