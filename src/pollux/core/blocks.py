@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-__all__ = ["Block", "gaussian_loglike", "make_block"]
+__all__ = ["Block", "count_observed", "gaussian_loglike", "make_block"]
 
 
 class Block(NamedTuple):
@@ -58,6 +59,12 @@ def make_block(
     """
     y = jnp.asarray(y)
     return Block(y, None if err is None else jnp.asarray(err, y.dtype))
+
+
+@jax.jit
+def count_observed(blocks: tuple[Block, ...]) -> Array:
+    """Observed values in all ``blocks`` (in their dtype)."""
+    return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
 
 
 def gaussian_loglike(

@@ -498,6 +498,16 @@ def em_chunk(
     )
 
 
+def row_covs(problem: EMProblem, stats, params: Params) -> tuple[Array, ...]:
+    """`row_covariances` of every output from its M-step statistics."""
+    return tuple(
+        row_covariances(spec, st, ridge, p["A"])
+        for spec, st, ridge, p in zip(
+            problem.specs, stats, problem.ridges, params, strict=True
+        )
+    )
+
+
 @jax.jit
 def final_state(
     problem: EMProblem, params: Params
@@ -505,14 +515,12 @@ def final_state(
     """Posterior and objective at the final parameters, and the covariance of
     each output's rows (`row_covariances`), from one pass over the data."""
     a = posterior_pass(problem, params)
-    row_covs = tuple(
-        row_covariances(spec, st, ridge, p["A"])
-        for spec, st, ridge, p in zip(
-            problem.specs, a.stats, problem.ridges, params, strict=True
-        )
-    )
     loss = a.nll + neg_log_prior(problem, params)
-    return PosteriorStats(a.mean, a.cov, a.nll), loss, row_covs
+    return (
+        PosteriorStats(a.mean, a.cov, a.nll),
+        loss,
+        row_covs(problem, a.stats, params),
+    )
 
 
 @jax.jit

@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -88,11 +89,7 @@ def check_values(
 def _lazy_2d(x: Any, what: str) -> Any:
     import dask.array as da
 
-    if not is_lazy(x):
-        x = da.from_array(_as_numeric(x, what))
-    if not isinstance(x, da.Array):
-        msg = f"{what} must be a Dask array, got {type(x).__name__}"
-        raise TypeError(msg)
+    x = da.asarray(x) if is_lazy(x) else da.from_array(_as_numeric(x, what))
     if x.dtype == object or not (
         np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)
     ):
@@ -100,6 +97,8 @@ def _lazy_2d(x: Any, what: str) -> Any:
         raise TypeError(msg)
     if x.dtype not in (np.float16, np.float32, np.float64):
         x = x.astype(float)
+    # The dtype the chunks will have as JAX arrays (float64 only with x64 on).
+    x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype))
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim != 2:
@@ -253,8 +252,8 @@ class OutputData(eqx.Module):
         """``f(x)``; for a Dask array, ``f`` of each block of whole rows."""
         if not is_lazy(x):
             return f(x)
-        x = x.rechunk({1: -1})
-        return x.map_blocks(lambda block: np.asarray(f(block)), dtype=x.dtype)
+        x, dtype = x.rechunk({1: -1}), x.dtype
+        return x.map_blocks(lambda block: np.asarray(f(block), dtype), dtype=dtype)
 
 
 def _normalize_index(index: Any, n: int, call: str) -> Any:
@@ -435,8 +434,10 @@ class PolluxData(eqx.Module):
                 )
                 raise ValueError(msg)
             out[name] = OutputData(
-                pre.inverse_transform(values),
-                err=None if err is None else pre.inverse_transform_err(err),
+                OutputData._map(pre.inverse_transform, values),
+                err=None
+                if err is None
+                else OutputData._map(pre.inverse_transform_err, err),
                 preprocessor=pre,
             )
         return PolluxData(**out)

@@ -12,6 +12,7 @@ import numpy as np
 from .._params import LATENTS, SCATTER
 from ..core.blocks import Block, make_block
 from ..data import PolluxData
+from ..data._containers import check_values
 
 if TYPE_CHECKING:
     from .lux import LuxModel
@@ -204,19 +205,31 @@ def _any_zero_error(block: Block) -> jax.Array:
     return jnp.any((block.errors == 0) & block.mask)
 
 
-def check_variance_defined(
-    block: Block, name: str, has_scatter: bool, has_err: bool, call: str
-) -> None:
-    """Refuse outputs whose likelihood variance would be zero."""
-    if has_scatter:
-        return
-    if not has_err:
+def check_output(
+    model: LuxModel, name: str, out: Any, fixed: Mapping[str, Any], call: str
+) -> bool:
+    """The checks of output ``name`` that need no values: its size, and a
+    variance (errors or an extra scatter). Returns whether it has a scatter."""
+    t = model.outputs[name]
+    if out.size != t.output_size:
+        msg = (
+            f"{call}: output {name!r} has {out.size} dimensions in the data "
+            f"but its transform has output_size={t.output_size}"
+        )
+        raise ValueError(msg)
+    has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
+    if not has_scatter and out.err is None:
         msg = (
             f"{call}: output {name!r} has no reported errors and no extra scatter "
             "'s'; give OutputData(err=...) or add an 's' prior to its transform"
         )
         raise ValueError(msg)
-    if bool(_any_zero_error(block)):
+    return has_scatter
+
+
+def check_variance_defined(block: Block, name: str, has_scatter: bool, call: str):
+    """Refuse observed values with zero error in an output without a scatter."""
+    if not has_scatter and block.errors is not None and bool(_any_zero_error(block)):
         msg = (
             f"{call}: output {name!r} has observed values with zero error and no "
             "extra scatter 's'; the likelihood would be infinite. Give positive "
@@ -235,16 +248,15 @@ def blocks_for(
     """Checked kernel blocks of the outputs ``names`` of ``data`` for ``model``."""
     blocks = []
     for name in names:
-        t = model.outputs[name]
         out = data[name]
-        if out.size != t.output_size:
-            msg = (
-                f"{call}: output {name!r} has {out.size} dimensions in the data "
-                f"but its transform has output_size={t.output_size}"
-            )
-            raise ValueError(msg)
-        block = make_block(out.data, out.err)
-        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
-        check_variance_defined(block, name, has_scatter, out.err is not None, call)
+        has_scatter = check_output(model, name, out, fixed, call)
+        values, err = out.data, out.err
+        if out.lazy:  # Dask arrays read into memory, checked as in OutputData
+            values = np.asarray(values)
+            err = None if err is None else np.asarray(err)
+            where = f"{call}: output {name!r}"
+            check_values(values, err, f"{where}: the data", f"{where}: the errors")
+        block = make_block(values, err)
+        check_variance_defined(block, name, has_scatter, call)
         blocks.append(block)
     return tuple(blocks)

@@ -18,16 +18,17 @@ so the result does not depend on it. Without a client the chunks are computed by
 Dask's local scheduler for each pass (from the source: memory stays bounded by a
 few chunks and the posterior; persist the arrays first to keep them in memory).
 
-The PCA start is computed the same way (a randomized range finder whose QR steps
-are Cholesky QR of Gram matrices summed over the chunks, in float64); its latents
-may differ from the in-memory start by the signs of their columns, to which the
-objective and the predictions are blind.
+The PCA start is `pollux.core.pca.pca_latents`'s: its products with the data run
+per chunk and its QR and SVD steps on the client, on three gathered ``(N, K + 8)``
+products, so the start, and the fit, are the in-memory ones. The posterior of the
+training stars comes back to the client at the end (a `FitResult` holds it in
+memory: ``N × K²`` numbers). The workers get the client's ``jax_enable_x64``
+(`pollux.models._workers.X64Plugin`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -36,14 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._params import LATENTS, SCATTER
+from .._params import LATENTS
 from ..core import em, posterior
-from ..core.blocks import Block, make_block
+from ..core.blocks import Block, count_observed, make_block
 from ..core.chunks import pad_block, pad_rows
-from ..core.mstep import row_covariances
 from ..core.problem import EMProblem
 from ..data._containers import check_values, is_lazy
-from ._checks import check_variance_defined
+from ._checks import check_output, check_variance_defined
 
 __all__ = [
     "TRAFFIC",
@@ -77,46 +77,30 @@ class Chunk(NamedTuple):
     n: int
 
 
-def _x64(fn: Callable) -> Callable:
-    """``fn`` run with the client's ``jax_enable_x64`` (its first argument): a
-    worker process has its own JAX configuration."""
-
-    @functools.wraps(fn)
-    def run(x64: bool, *args: Any) -> Any:
-        with jax.enable_x64(x64):
-            return fn(*args)
-
-    return run
-
-
-@_x64
 def _load(
     rows: int,
     outputs: list[tuple[np.ndarray, np.ndarray | None]],
     latents: np.ndarray | None,
-    checks: list[tuple[str, bool, bool]],
+    checks: list[tuple[str, bool]],
     call: str,
     start: int,
 ) -> Chunk:
     """A chunk read from its Dask sources (stars ``start`` on), checked like
     in-memory data."""
     blocks = []
-    for (values, err), (name, has_scatter, has_err) in zip(
-        outputs, checks, strict=True
-    ):
+    for (values, err), (name, has_scatter) in zip(outputs, checks, strict=True):
         values = np.asarray(values)
         err = None if err is None else np.asarray(err)
         where = f"{call}: output {name!r}, stars {start} to {start + len(values) - 1}"
         check_values(values, err, f"{where}: the data", f"{where}: the errors")
         block = make_block(values, err)
-        check_variance_defined(block, name, has_scatter, has_err, call)
+        check_variance_defined(block, name, has_scatter, call)
         blocks.append(pad_block(block, rows))
     n = len(outputs[0][0])
     z = None if latents is None else pad_rows(jnp.asarray(latents), rows, 0.0)
     return Chunk(tuple(blocks), z, n)
 
 
-@_x64
 def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
     """``fn(chunk, state, *args) -> (sums, keep)`` over a group of chunks:
     the sum of their sums (numpy) and what each keeps. ``prev`` is the result of
@@ -128,10 +112,6 @@ def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
         total = sums if total is None else jax.tree.map(operator.add, total, sums)
         kept.append(keep)
     return jax.device_get(total), kept
-
-
-def _client_x64() -> bool:
-    return bool(jax.config.jax_enable_x64)
 
 
 def _nbytes(tree: Any) -> int:
@@ -167,7 +147,9 @@ class Runner:
         where = client.who_has(self.parts)
         by_worker: dict[str, list[int]] = {}
         for i, fut in enumerate(self.parts):
-            by_worker.setdefault(sorted(where[fut.key])[0], []).append(i)
+            # (no holder: lost since; Dask recomputes it where it runs the group)
+            holder = min(where[fut.key], default=None)
+            by_worker.setdefault(holder, []).append(i)
         self.groups = sorted(by_worker.items(), key=lambda item: item[1][0])
 
     def run(
@@ -183,7 +165,7 @@ class Runner:
 
             tasks = [
                 dask.delayed(_group, pure=False)(
-                    _client_x64(), fn, args, [self.parts[i] for i in idx], prev
+                    fn, args, [self.parts[i] for i in idx], prev
                 )
                 for (_, idx), prev in zip(self.groups, states, strict=True)
             ]
@@ -193,12 +175,11 @@ class Runner:
             results = [
                 self.client.submit(
                     _group,
-                    _client_x64(),
                     fn,
                     args,
                     [self.parts[i] for i in idx],
                     prev,
-                    workers=[worker],
+                    workers=None if worker is None else [worker],
                     allow_other_workers=True,
                     pure=False,
                 )
@@ -244,15 +225,10 @@ _s_sum_pass = jax.jit(em.s_sum_pass)
 _s_value_pass = jax.jit(em.s_value_pass)
 
 
-@jax.jit
-def _n_observed(blocks: tuple[Block, ...]):
-    return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
-
-
 def _w_constants(chunk: Chunk, state, template: EMProblem):
     """The observed count and the sums of the s floors."""
     problem = _problem(template, chunk)
-    return (_n_observed(problem.blocks), _floor_sums(problem)), None
+    return (count_observed(problem.blocks), _floor_sums(problem)), None
 
 
 def _w_pass_a(chunk: Chunk, state, template: EMProblem, params):
@@ -328,14 +304,7 @@ def _extrapolate(p0, p1, p2):
     return em.positive_scatter(em.squarem_point(p0, p1, p2))
 
 
-@jax.jit
-def _row_covariances(problem: EMProblem, stats, params):
-    return tuple(
-        row_covariances(spec, st, ridge, p["A"])
-        for spec, st, ridge, p in zip(
-            problem.specs, stats, problem.ridges, params, strict=True
-        )
-    )
+_row_covariances = jax.jit(em.row_covs)
 
 
 def _pca_latents(runner: Runner, rows: list[int], k: int, d: int, dtype) -> list:
@@ -379,12 +348,9 @@ def _pca_latents(runner: Runner, rows: list[int], k: int, d: int, dtype) -> list
         q = product(np.asarray(project(q)))
     u_small, _, _ = jnp.linalg.svd(project(q).T, full_matrices=False)
     z = (q @ u_small)[:, : min(k, r)] * jnp.sqrt(max(int(n_seen), 1))
-    if z.shape[1] < k:
-        msg = (
-            "LuxModel.fit: Dask data with fewer observed dimensions or stars than "
-            "latents; give more data or fewer latents"
-        )
-        raise ValueError(msg)
+    if z.shape[1] < k:  # fewer data dimensions than latents: as pca_latents
+        extra = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (n, k - z.shape[1]))
+        z = jnp.concatenate([z, extra.astype(z.dtype)], axis=1)
     return split(np.asarray(z, dtype))
 
 
@@ -443,21 +409,20 @@ class DaskEM:
         ok = bool(np.isfinite(loss2) & (loss2 <= loss1))
         return (p3 if ok else p2), loss0
 
-    def chunk(self, accelerate: bool, n_steps: int):
-        """A ``chunk(params, prev_loss, threshold, max_steps)`` for `_fit._run`:
-        up to ``min(max_steps, n_steps)`` iterations, stopping as
-        `pollux.core.em.run_until_settled` does."""
+    def chunk(self, accelerate: bool):
+        """A ``chunk(params, prev_loss, threshold, max_steps)`` for `_fit._run`
+        that runs one iteration (the client sees every iteration anyway) and
+        stops as `pollux.core.em.run_until_settled` does."""
         step = self.squarem if accelerate else self.sweep
 
         def run(params, prev, threshold, max_steps):
-            losses = np.full(n_steps, np.nan)
-            last, done, i = float(prev), False, 0
-            while i < min(int(max_steps), n_steps) and not done:
-                params, loss = step(params)
-                losses[i] = loss = float(loss)
-                done = abs(last - loss) <= float(threshold)
-                last, i = loss, i + 1
-            return params, losses, i, done
+            params, loss = step(params)
+            return (
+                params,
+                np.asarray(loss)[None],
+                1,
+                bool(abs(prev - loss) <= threshold),
+            )
 
         return run
 
@@ -473,35 +438,23 @@ def chunks_of(
     data, names: Sequence[str], model, fixed: dict, call: str
 ) -> tuple[list, list[int]]:
     """One delayed `Chunk` per chunk of stars of the outputs ``names`` (all
-    rechunked to the rows of the first), and the number of stars of each."""
+    rechunked to the rows of the first Dask-backed one), and the number of
+    stars of each."""
     import dask
     import dask.array as da
 
+    def lazy(x):
+        return x if x is None or is_lazy(x) else da.from_array(np.asarray(x))
+
     arrays, checks = [], []
     for name in names:
-        out, t = data[name], model.outputs[name]
-        if out.size != t.output_size:
-            msg = (
-                f"{call}: output {name!r} has {out.size} dimensions in the data "
-                f"but its transform has output_size={t.output_size}"
-            )
-            raise ValueError(msg)
-        values = out.data if is_lazy(out.data) else da.from_array(np.asarray(out.data))
-        err = out.err
-        if err is not None and not is_lazy(err):
-            err = da.from_array(np.asarray(err))
-        arrays.append((values, err))
-        has_scatter = t.scatter_prior is not None or SCATTER in fixed.get(name, {})
-        if not has_scatter and err is None:
-            msg = (
-                f"{call}: output {name!r} has no reported errors and no extra "
-                "scatter 's'; give OutputData(err=...) or add an 's' prior to its "
-                "transform"
-            )
-            raise ValueError(msg)
-        checks.append((name, has_scatter, err is not None))
+        out = data[name]
+        has_scatter = check_output(model, name, out, fixed, call)
+        arrays.append((lazy(out.data), lazy(out.err)))
+        checks.append((name, has_scatter))
     dtype = arrays[0][0].dtype
-    rows = next(a for a, _ in arrays if is_lazy(a)).chunks[0]
+    first = next(name for name in names if data[name].lazy)
+    rows = data[first].data.chunks[0]
     offsets = np.concatenate([[0], np.cumsum(rows)])
 
     def split(x):
@@ -515,7 +468,6 @@ def chunks_of(
     load = dask.delayed(_load, pure=True)
     parts = [
         load(
-            _client_x64(),
             max(rows),
             [(vs[c], es[c]) for vs, es in per_output],
             None if z is None else np.asarray(z[offsets[c] : offsets[c + 1]], dtype),
@@ -529,15 +481,18 @@ def chunks_of(
 
 
 def _client() -> Any:
-    """The default `dask.distributed` client, or None."""
+    """The default `dask.distributed` client (its workers set to the client's
+    ``jax_enable_x64``), or None."""
+    from distributed import default_client
+
     try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        return default_client()
+        client = default_client()
     except ValueError:
         return None
+    from ._workers import X64Plugin
+
+    client.register_plugin(X64Plugin(bool(jax.config.jax_enable_x64)))
+    return client
 
 
 def fit_dask(
@@ -549,7 +504,6 @@ def fit_dask(
     problem_for: Callable,
     run: Callable,
     accelerate: bool,
-    n_steps: int,
     call: str,
 ) -> tuple:
     """The affine fit of Dask-backed ``data`` on the chunks of its arrays (the
@@ -585,7 +539,7 @@ def fit_dask(
             latents = _pca_latents(runner, rows, k, d, dtype)
         return dask_em.initialize(params, latents)
 
-    out = run(dask_em.chunk(accelerate, n_steps), params, dask_em.n_obs, start)
+    out = run(dask_em.chunk(accelerate), params, dask_em.n_obs, start)
     params = out[0]
     loss, kept, row_covs = dask_em.final(params)
     n = sum(rows)
@@ -604,7 +558,6 @@ def fit_dask(
 # ----------------------------------------------------------------------------------
 # Posteriors and predictions of Dask-backed data: Dask arrays, chunk by chunk
 # ----------------------------------------------------------------------------------
-@_x64
 def _moments(chunk: Chunk, affine: tuple, size: int) -> tuple[np.ndarray, np.ndarray]:
     mean, cov = posterior.posterior_moments(chunk.blocks, *affine, chunk_size=size)
     return np.asarray(mean)[: chunk.n], np.asarray(cov)[: chunk.n]
@@ -620,20 +573,18 @@ def posterior_dask(
     import dask.array as da
 
     parts, rows = chunks_of(data, names, model, params, call)
+    _client()  # the workers that will compute the arrays use the client's dtype
     k, dtype = model.latent_size, np.dtype(data[names[0]].data.dtype)
     size = size_for(max(rows))
     affine = jax.device_get(affine)
     means, covs = [], []
     for part, r in zip(parts, rows, strict=True):
-        mean, cov = dask.delayed(_moments, nout=2, pure=True)(
-            _client_x64(), part, affine, size
-        )
+        mean, cov = dask.delayed(_moments, nout=2, pure=True)(part, affine, size)
         means.append(da.from_delayed(mean, (r, k), dtype))
         covs.append(da.from_delayed(cov, (r, k, k), dtype))
     return da.concatenate(means), da.concatenate(covs)
 
 
-@_x64
 def _predictive(mean, cov, W, b, s2, row_cov, size) -> np.ndarray:
     mu, err = posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=size)
     return np.stack([np.asarray(mu), np.asarray(err)])
@@ -650,9 +601,10 @@ def predictive_dask(mean, cov, W, b, s2, row_cov, size_for) -> tuple[Any, Any]:
     covs = cov.rechunk((rows, -1, -1)).to_delayed().ravel()
     d, size = W.shape[0], size_for(max(rows))
     fixed = jax.device_get((W, b, s2, row_cov))
+    _client()  # the workers that will compute the arrays use the client's dtype
     out = [
         da.from_delayed(
-            dask.delayed(_predictive, pure=True)(_client_x64(), m, c, *fixed, size),
+            dask.delayed(_predictive, pure=True)(m, c, *fixed, size),
             (2, r, d),
             mean.dtype,
         )

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array
 from tqdm.auto import tqdm
 
 from .._params import (
@@ -25,14 +24,15 @@ from .._params import (
     without_latents,
 )
 from ..core import vem
-from ..core.chunks import auto_chunk_size, bucket, pad_block, pad_rows
+from ..core.blocks import count_observed
+from ..core.chunks import auto_chunk_size, bucket, n_chunks, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
 from ..data import OutputData, PolluxData
 from ..data._containers import is_lazy
 from . import _dask, _devices
 from ._affine import affine_params
-from ._checkpoint import Checkpoint
+from ._checkpoint import Checkpoint, fingerprint
 from ._checks import (
     blocks_for,
     check_data,
@@ -72,11 +72,6 @@ _INNER = 5  # natural-gradient updates of the latent posteriors per variational 
 PAD_BYTES = 64 * 2**20
 
 
-@jax.jit
-def _count_observed(blocks: tuple) -> Array:
-    return sum(jnp.sum(b.mask, dtype=b.values.dtype) for b in blocks)
-
-
 def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkpoint):
     """Call ``chunk(state, prev_loss, threshold, max_steps)`` until converged or
     ``max_iter`` iterations, from ``start()`` (or from the state saved in
@@ -86,10 +81,19 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
     threshold = jnp.asarray(tol * max(n_obs, 1), dtype)
     resumed = None if checkpoint is None else checkpoint.load(template)
     if resumed is None:
-        state, losses, n_iter, converged = start(), [], 0, False
+        state, losses, n_iter = start(), [], 0
     else:
-        state, losses, n_iter, converged = resumed
-    prev = jnp.asarray(losses[-1][-1] if n_iter else jnp.inf, dtype)
+        state, losses, n_iter = resumed
+        if n_iter > max_iter:
+            msg = (
+                f"{call}(checkpoint=...): {checkpoint.path} holds {n_iter} "
+                f"iterations, more than max_iter={max_iter}"
+            )
+            raise ValueError(msg)
+    done = np.concatenate([np.zeros(0, dtype), *losses])
+    # The stopping rule of the compiled loop, applied to the iterations run.
+    converged = len(done) > 1 and bool(abs(done[-2] - done[-1]) <= threshold)
+    prev = jnp.asarray(done[-1] if len(done) else jnp.inf, dtype)
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
         bar.update(min(n_iter, max_iter))
         while n_iter < max_iter and not converged:
@@ -119,7 +123,7 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
                 or n_iter >= max_iter
                 or checkpoint.due(n_iter) == checkpoint.every
             ):
-                checkpoint.save(state, losses, n_iter, converged)
+                checkpoint.save(state, losses, n_iter)
     return state, losses, n_iter, converged
 
 
@@ -161,31 +165,23 @@ def _check_mesh(devices: Any, quadratic: bool, call: str):
     return mesh
 
 
-def _refuse_lazy(quadratic: bool, mesh, call: str) -> None:
-    """Dask data serve affine outputs on the default device."""
-    if quadratic or mesh is not None:
-        msg = (
-            f"{call}: Dask data serve affine outputs on the default device; give "
-            "in-memory arrays for a QuadraticTransform output, and leave "
-            "devices=None with Dask data (run one Dask worker per device instead)"
-        )
-        raise ValueError(msg)
-
-
 def chunk_size_for(
     chunk_size: int | None, n: int, widths: Iterable[int], k: int, dtype
 ) -> int:
-    """``chunk_size`` (checked by the caller), or one chosen from the memory
-    budget when None."""
+    """``chunk_size`` (checked by the caller), or, when None, the size of the
+    fewest chunks within the memory budget that cover ``n`` stars evenly (the
+    last chunk then overlaps the one before by less than their number)."""
     if chunk_size is None:
-        return auto_chunk_size(n, sum(widths), k, np.dtype(dtype).itemsize)
+        size = auto_chunk_size(n, sum(widths), k, np.dtype(dtype).itemsize)
+        return -(-n // n_chunks(n, size))
     return chunk_size
 
 
 def _checkpoint(
-    checkpoint: Any, every: Any, quadratic: bool, fingerprint: dict, call: str
+    checkpoint: Any, every: Any, quadratic: bool, digest, call: str
 ) -> Checkpoint | None:
-    """The `Checkpoint` of ``fit(checkpoint=..., checkpoint_every=...)``, checked."""
+    """The `Checkpoint` of ``fit(checkpoint=..., checkpoint_every=...)``, checked
+    (``digest()`` gives the fit's fingerprint)."""
     check_positive_int(every, f"{call}(checkpoint_every=...)")
     if checkpoint is None:
         return None
@@ -201,7 +197,7 @@ def _checkpoint(
             "only; leave checkpoint=None with a QuadraticTransform output"
         )
         raise ValueError(msg)
-    return Checkpoint(checkpoint, every, fingerprint, call)
+    return Checkpoint(checkpoint, every, digest(), call)
 
 
 def fit_em(
@@ -240,28 +236,25 @@ def fit_em(
         "accelerate": accelerate,
         "fixed": tuple(sorted(fixed)),
     }
-    lazy = _dask.is_lazy_data(data, names)
     dtype = data[names[0]].data.dtype
     ckpt = _checkpoint(
         checkpoint,
         checkpoint_every,
         quadratic,
-        {
-            "n_stars": n,
-            "shapes": [data[name].shape for name in names],
-            "dtype": str(dtype),
-            "latent_size": k,
-            "accelerate": accelerate,
-            "fixed": settings["fixed"],
-            "names": names,
-        },
+        lambda: fingerprint(
+            model,
+            names,
+            fixed,
+            [data[name].shape for name in names],
+            dtype,
+            accelerate,
+        ),
         call,
     )
     run = partial(
         _run, max_iter=max_iter, tol=tol, progress=progress, call=call, checkpoint=ckpt
     )
-    if lazy:
-        _refuse_lazy(quadratic, mesh, call)
+    if _dask.is_lazy_data(data, names) and not quadratic and mesh is None:
         out = _dask.fit_dask(
             model,
             data,
@@ -281,21 +274,9 @@ def fit_em(
                 chunk, start, params, n_obs=n_obs
             ),
             accelerate=accelerate,
-            n_steps=_CHUNK,
             call=call,
         )
-        (
-            (params, losses, n_iter, converged),
-            final_loss,
-            mean,
-            cov,
-            row_covs,
-            problem,
-        ) = out
-        mean, cov = jnp.asarray(mean), jnp.asarray(cov)
-        if LATENTS in fixed:
-            mean = jnp.asarray(fixed[LATENTS], dtype)
-    else:
+    else:  # Dask data of other fits are computed into memory here
         blocks = blocks_for(model, data, names, fixed, call)
         if quadratic:
             return _fit_vem(
@@ -311,15 +292,7 @@ def fit_em(
         out = _fit_memory(
             model, names, fixed, blocks, mesh, chunk_size, run, accelerate, call
         )
-        (
-            (params, losses, n_iter, converged),
-            final_loss,
-            mean,
-            cov,
-            row_covs,
-            problem,
-        ) = out
-        mean, cov = mean[:n], cov[:n]
+    (params, losses, n_iter, converged), final_loss, mean, cov, row_covs, problem = out
     all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
     out_params: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
@@ -345,10 +318,10 @@ def fit_em(
 
 def _fit_memory(model, names, fixed, blocks, mesh, chunk_size, run, accelerate, call):
     """The affine fit of in-memory ``blocks`` (on the devices of ``mesh``)."""
-    k = model.latent_size
+    k, n = model.latent_size, blocks[0].values.shape[0]
     dtype = blocks[0].values.dtype
-    n_obs = int(_count_observed(tuple(blocks)))
     blocks, n_pad, n_local = _pad_blocks(blocks, mesh)
+    n_obs = int(count_observed(blocks))
     size = chunk_size_for(
         chunk_size, n_local, (b.values.shape[1] for b in blocks), k, dtype
     )
@@ -386,10 +359,9 @@ def _fit_memory(model, names, fixed, blocks, mesh, chunk_size, run, accelerate, 
     )
     post, final_loss, row_covs = _devices.final_state(mesh, problem, result[0])
     if z_fixed is not None:
-        n = blocks[0].values.shape[0]
-        mean, cov = z_fixed, jnp.zeros((n, k, k), dtype)
+        mean, cov = z_fixed[:n], jnp.zeros((n, k, k), dtype)
     else:
-        mean, cov = post.mean, post.cov
+        mean, cov = post.mean[:n], post.cov[:n]
     return result, final_loss, mean, cov, row_covs, problem
 
 
@@ -466,7 +438,7 @@ def _fit_vem(
         ),
         lambda: state,
         state,
-        n_obs=int(_count_observed(tuple(blocks))),
+        n_obs=int(count_observed(tuple(blocks))),
         max_iter=settings["max_iter"],
         tol=settings["tol"],
         progress=progress,
@@ -516,8 +488,7 @@ def infer_latents(
         model, without_latents(params), len(data), call, "params", required=names
     )
     k = model.latent_size
-    if _dask.is_lazy_data(data, names):
-        _refuse_lazy(quadratic, mesh, call)
+    if _dask.is_lazy_data(data, names) and not quadratic and mesh is None:
         require_scatter(model, params, names, call)
         dtype = data[names[0]].data.dtype
         widths = [data[name].size for name in names]
@@ -616,6 +587,13 @@ def predict(
     require_scatter(model, params, names, call)
     quadratic = uses_quadratic(model, names)
     mesh = _check_mesh(devices, quadratic, call)
+    if is_lazy(posterior.mean) and (quadratic or mesh is not None):
+        # Dask posteriors serve affine outputs on the default device; others
+        # are computed into memory.
+        posterior = LatentPosterior(
+            jnp.asarray(np.asarray(posterior.mean)),
+            jnp.asarray(np.asarray(posterior.cov)),
+        )
     if quadratic:
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
         for name, theta, kind, s2 in zip(names, thetas, kinds, s2s, strict=True):
@@ -634,7 +612,6 @@ def predict(
     affine = affine_params(model, params, names, dtype)
     k = model.latent_size
     if is_lazy(posterior.mean):
-        _refuse_lazy(quadratic, mesh, call)
         for name, W, b, s2 in zip(names, *affine, strict=True):
             C = row_covs.get(name)
             mean, err = _dask.predictive_dask(

@@ -235,12 +235,14 @@ class LuxModel:
             existing file resumes from it (and reaches what the uninterrupted
             fit would have). A file written by a different fit is refused.
 
-        Data held in Dask arrays (`OutputData` of Dask arrays, affine outputs)
-        are fitted chunk by chunk where Dask keeps them: on the workers of the
-        default `dask.distributed` client if there is one (each worker sums its
-        own chunks; only the O(D × K²) sums of each pass and the parameters
-        cross the network), else with Dask's local scheduler. The result is the
-        in-memory one up to float rounding (and the signs of the latents).
+        Data held in Dask arrays (`OutputData` of Dask arrays, affine outputs,
+        ``devices=None``) are fitted chunk by chunk where Dask keeps them: on
+        the workers of the default `dask.distributed` client if there is one
+        (each worker sums its own chunks; per pass only the O(D × K²) sums and
+        the parameters cross the network, the spectra never), else with Dask's
+        local scheduler; the posterior of the training stars is returned in
+        memory. The result is the in-memory one up to float rounding. Other
+        fits read Dask arrays into memory.
 
         Returns
         -------
