@@ -18,16 +18,20 @@ __all__ = ["OutputData", "PolluxData"]
 
 
 def _as_2d_float(x: ArrayLike, what: str) -> np.ndarray:
-    arr = _as_numeric(x, what)
-    if arr.ndim == 1:
-        arr = arr[:, None]
-    if arr.ndim != 2:
+    return _as_2d(_as_numeric(x, what), what)
+
+
+def _as_2d(x: Any, what: str) -> Any:
+    """``x`` (numpy or Dask) with shape (n_stars, n_dim); 1-D as one column."""
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim != 2:
         msg = (
             f"{what} must have shape (n_stars, n_dim) (or (n_stars,) for a single "
-            f"dimension), got shape {arr.shape}"
+            f"dimension), got shape {x.shape}"
         )
         raise ValueError(msg)
-    return arr
+    return x
 
 
 def _as_numeric(x: ArrayLike, what: str) -> np.ndarray:
@@ -98,15 +102,7 @@ def _lazy_2d(x: Any, what: str) -> Any:
     if x.dtype not in (np.float16, np.float32, np.float64):
         x = x.astype(float)
     # The dtype the chunks will have as JAX arrays (float64 only with x64 on).
-    x = x.astype(jax.dtypes.canonicalize_dtype(x.dtype))
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim != 2:
-        msg = (
-            f"{what} must have shape (n_stars, n_dim) (or (n_stars,) for a single "
-            f"dimension), got shape {x.shape}"
-        )
-        raise ValueError(msg)
+    x = _as_2d(x.astype(jax.dtypes.canonicalize_dtype(x.dtype)), what)
     if any(np.isnan(c) for c in x.shape):
         msg = f"{what}: a Dask array of unknown shape; call compute_chunk_sizes() first"
         raise ValueError(msg)

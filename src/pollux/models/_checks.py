@@ -250,13 +250,24 @@ def blocks_for(
     for name in names:
         out = data[name]
         has_scatter = check_output(model, name, out, fixed, call)
-        values, err = out.data, out.err
-        if out.lazy:  # Dask arrays read into memory, checked as in OutputData
-            values = np.asarray(values)
-            err = None if err is None else np.asarray(err)
+        if out.lazy:  # Dask arrays, read into memory here
             where = f"{call}: output {name!r}"
-            check_values(values, err, f"{where}: the data", f"{where}: the errors")
-        block = make_block(values, err)
-        check_variance_defined(block, name, has_scatter, call)
+            block = read_block(out.data, out.err, name, has_scatter, where, call)
+        else:  # (OutputData checked its values)
+            block = make_block(out.data, out.err)
+            check_variance_defined(block, name, has_scatter, call)
         blocks.append(block)
     return tuple(blocks)
+
+
+def read_block(
+    values: Any, err: Any, name: str, has_scatter: bool, where: str, call: str
+) -> Block:
+    """A `Block` of ``values`` and ``err`` read into memory (from Dask arrays),
+    checked as `OutputData` checks its arrays (``where`` names them)."""
+    values = np.asarray(values)
+    err = None if err is None else np.asarray(err)
+    check_values(values, err, f"{where}: the data", f"{where}: the errors")
+    block = make_block(values, err)
+    check_variance_defined(block, name, has_scatter, call)
+    return block

@@ -39,11 +39,11 @@ import numpy as np
 
 from .._params import LATENTS
 from ..core import em, posterior
-from ..core.blocks import Block, count_observed, make_block
+from ..core.blocks import Block, count_observed
 from ..core.chunks import pad_block, pad_rows
 from ..core.problem import EMProblem
-from ..data._containers import check_values, is_lazy
-from ._checks import check_output, check_variance_defined
+from ..data._containers import is_lazy
+from ._checks import check_output, read_block
 
 __all__ = [
     "TRAFFIC",
@@ -89,12 +89,8 @@ def _load(
     in-memory data."""
     blocks = []
     for (values, err), (name, has_scatter) in zip(outputs, checks, strict=True):
-        values = np.asarray(values)
-        err = None if err is None else np.asarray(err)
         where = f"{call}: output {name!r}, stars {start} to {start + len(values) - 1}"
-        check_values(values, err, f"{where}: the data", f"{where}: the errors")
-        block = make_block(values, err)
-        check_variance_defined(block, name, has_scatter, call)
+        block = read_block(values, err, name, has_scatter, where, call)
         blocks.append(pad_block(block, rows))
     n = len(outputs[0][0])
     z = None if latents is None else pad_rows(jnp.asarray(latents), rows, 0.0)
