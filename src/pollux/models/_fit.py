@@ -90,12 +90,12 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
                 f"iterations, more than max_iter={max_iter}"
             )
             raise ValueError(msg)
-    done = np.concatenate([np.zeros(0, dtype), *losses])
+    ran = np.concatenate([np.zeros(0, dtype), *losses])
     # The stopping rule of the compiled loop, applied to the iterations run.
-    converged = len(done) > 1 and bool(abs(done[-2] - done[-1]) <= threshold)
-    prev = jnp.asarray(done[-1] if len(done) else jnp.inf, dtype)
+    converged = len(ran) > 1 and bool(abs(ran[-2] - ran[-1]) <= threshold)
+    prev = jnp.asarray(ran[-1] if len(ran) else jnp.inf, dtype)
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
-        bar.update(min(n_iter, max_iter))
+        bar.update(n_iter)
         while n_iter < max_iter and not converged:
             steps = max_iter - n_iter
             if checkpoint is not None:
