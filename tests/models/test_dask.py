@@ -1,7 +1,7 @@
 """Data held in Dask arrays: fits, posteriors and predictions equal the in-memory
 ones, on Dask's local scheduler and on a `LocalCluster` of worker processes, with
-a worker killed half-way through a fit; checkpoints of a fit resume where a killed
-fit stopped.
+a worker killed half-way through a fit or during labelling; checkpoints of a fit
+resume where a killed fit stopped.
 
 Tolerances: the Dask path sums the same float64 terms per Dask chunk and then over
 chunks (in memory: per kernel chunk), from the same PCA start. Through 12 plain EM
@@ -172,6 +172,34 @@ class TestCluster:
         # Dask recomputed the lost chunks (in the same groups, now on the other
         # worker): the same sums up to rounding (seen: 3e-10 relative after 30 sweeps).
         _assert_same(undisturbed, _outcome(model, data, fit))
+
+    def test_labelling_survives_a_killed_worker(self, client):
+        from distributed import as_completed, wait
+
+        model, data = _model(*CONFIGS["scatter"]), _data()
+        fit = model.fit(data, **SWEEPS)
+        _, labels, errs = _outcome(model, data, fit)
+        post = model.infer_latents(_lazy(data, rows=7), fit.params, names=["flux"])
+        pred = model.predict(
+            post, fit.params, names=["label"], param_cov=fit.param_cov
+        )["label"]
+        parts = client.compute(
+            [*pred.data.to_delayed().ravel(), *pred.err.to_delayed().ravel()]
+        )
+        # Kill the worker holding the first finished chunk: its results are lost
+        # and Dask recomputes them from the data on the other worker.
+        first = next(as_completed(parts))
+        holder = next(iter(client.who_has([first])[first.key]))
+        pid = client.run(os.getpid, workers=[holder])[holder]
+        os.kill(pid, signal.SIGKILL)
+        wait(parts, timeout=120)
+        got = client.gather(parts)
+        assert pid not in client.run(os.getpid).values()  # it did die
+        half = len(parts) // 2
+        for part, want in [(got[:half], labels), (got[half:], errs)]:
+            np.testing.assert_allclose(
+                np.concatenate(part), want, rtol=1e-12, atol=1e-12 * np.abs(want).max()
+            )
 
 
 # ----------------------------------------------------------------------------------
