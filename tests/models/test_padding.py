@@ -18,6 +18,7 @@ from test_chunked import RTOL_FIT, RTOL_STAR  # noqa: E402
 from test_fit import CONFIGS, N, _data, _fixed, _model  # noqa: E402
 
 from pollux.core import em, pca, posterior  # noqa: E402
+from pollux.core.blocks import count_observed  # noqa: E402
 from pollux.data import OutputData, PolluxData  # noqa: E402
 from pollux.models import _fit  # noqa: E402
 
@@ -117,3 +118,28 @@ def test_predict_pads_the_posterior_and_returns_every_star():
     np.testing.assert_allclose(post.mean, whole.mean[:5], rtol=RTOL_STAR, atol=1e-12)
     assert pred["flux"].data.shape == (5, pred["flux"].data.shape[1])
     assert np.all(np.isfinite(np.asarray(pred["label"].data)))
+
+
+def test_a_fit_compiles_its_kernels_and_nothing_else():
+    """Parameters, priors and data are converted on the host (``jnp.asarray`` of a
+    host array compiles a small program per shape, each a few tens of ms of a
+    fresh process's first call). 24 stars are a bucket: no padding, whose copies
+    are small programs of their own (once per bucket)."""
+    model, data = _model(*CONFIGS["scatter"]), _first(24)
+    names = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name"))
+
+    jax.clear_caches()
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        fit = model.fit(data, max_iter=2, tol=0.0, progress=False)
+        post = model.infer_latents(data, fit.params, names=["flux"])
+        model.predict(post, fit.params, names=["label"], param_cov=fit.param_cov)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    kernels = {f"jit({f.__name__})" for f in (*PROGRAMS, count_observed)}
+    assert "jit(em_chunk)" in names
+    assert set(names) <= kernels, sorted(set(names) - kernels)

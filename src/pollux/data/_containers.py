@@ -169,8 +169,9 @@ class OutputData(eqx.Module):
             arr = _as_2d_float(data, "OutputData(data=...)")
             err_arr = None if err is None else _as_2d_float(err, "OutputData(err=...)")
             check_values(arr, err_arr)
-            arr = jnp.asarray(arr)
-            err_arr = None if err_arr is None else jnp.asarray(err_arr)
+            # (device_put: jnp.asarray compiles a small program per shape)
+            arr = jax.device_put(arr)
+            err_arr = None if err_arr is None else jax.device_put(err_arr)
         if preprocessor is None:
             preprocessor = NullPreprocessor()
         if not isinstance(preprocessor, AbstractPreprocessor):

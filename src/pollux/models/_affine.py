@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array
 
 from .._params import SCATTER
+from ._setup import on_device
 from .transforms import AbstractTransform, AffineTransform, LinearTransform
 
 if TYPE_CHECKING:
@@ -34,12 +35,12 @@ def affine_params(
     for name in names:
         t = model.outputs[name]
         p = params[name]
-        W = jnp.asarray(p["A"], dtype)  # y = W z + b; b is zero for LinearTransform
+        W = on_device(p["A"], dtype)  # y = W z + b; b is zero for LinearTransform
         Ws.append(W)
         bs.append(
-            jnp.asarray(p["b"], dtype)
+            on_device(p["b"], dtype)
             if isinstance(t, AffineTransform)
-            else jnp.zeros(W.shape[0], dtype)
+            else on_device(np.zeros(W.shape[0]), dtype)
         )
-        s2s.append(jnp.asarray(jnp.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
+        s2s.append(on_device(np.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
     return tuple(Ws), tuple(bs), tuple(s2s)

@@ -78,7 +78,7 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
     ``checkpoint``, which has the structure of ``template``, saving it there as
     it goes); returns ``(state, losses, n_iter, converged)``."""
     dtype = jax.tree.leaves(template)[0].dtype
-    threshold = jnp.asarray(tol * max(n_obs, 1), dtype)
+    threshold = np.asarray(tol * max(n_obs, 1), dtype)
     resumed = None if checkpoint is None else checkpoint.load(template)
     if resumed is None:
         state, losses, n_iter = start(), [], 0
@@ -93,7 +93,7 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
     ran = np.concatenate([np.zeros(0, dtype), *losses])
     # The stopping rule of the compiled loop, applied to the iterations run.
     converged = len(ran) > 1 and bool(abs(ran[-2] - ran[-1]) <= threshold)
-    prev = jnp.asarray(ran[-1] if len(ran) else jnp.inf, dtype)
+    prev = np.asarray(ran[-1] if len(ran) else np.inf, dtype)
     with tqdm(total=max_iter, desc="EM", disable=not progress, leave=False) as bar:
         bar.update(n_iter)
         while n_iter < max_iter and not converged:
@@ -101,7 +101,7 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
             if checkpoint is not None:
                 steps = min(steps, checkpoint.due(n_iter))
             state, chunk_losses, n_done, done = chunk(
-                state, prev, threshold, jnp.asarray(steps)
+                state, prev, threshold, np.asarray(steps)
             )
             n_done = int(n_done)
             values = np.asarray(chunk_losses)[:n_done]
@@ -115,7 +115,7 @@ def _run(chunk, start, template, *, n_obs, max_iter, tol, progress, call, checkp
             losses.append(values)
             n_iter += n_done
             converged = bool(done)
-            prev = jnp.asarray(values[-1], dtype)
+            prev = np.asarray(values[-1], dtype)
             bar.update(n_done)
             bar.set_postfix(loss=f"{values[-1]:.6g}")
             if checkpoint is not None and (
@@ -293,7 +293,7 @@ def fit_em(
             model, names, fixed, blocks, mesh, chunk_size, run, accelerate, call
         )
     (params, losses, n_iter, converged), final_loss, mean, cov, row_covs, problem = out
-    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
+    all_losses = jax.device_put(np.concatenate([*losses, np.asarray(final_loss)[None]]))
     out_params: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
     }
@@ -446,7 +446,7 @@ def _fit_vem(
         checkpoint=None,
     )
     state, final_loss, row_covs = vem.vem_final(problem, state, _INNER)
-    all_losses = jnp.asarray(np.concatenate([*losses, np.asarray(final_loss)[None]]))
+    all_losses = jax.device_put(np.concatenate([*losses, np.asarray(final_loss)[None]]))
     out: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
     }

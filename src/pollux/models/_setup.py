@@ -21,12 +21,19 @@ from ..core.problem import EMProblem, OutputSpec
 if TYPE_CHECKING:
     from .lux import LuxModel
 
-__all__ = ["em_problem", "ridge_from_prior", "scatter_setup"]
+__all__ = ["em_problem", "on_device", "ridge_from_prior", "scatter_setup"]
+
+
+def on_device(x: Any, dtype: Any) -> Array:
+    """``x`` as a JAX array of ``dtype``, converted on the host: ``jnp.asarray``
+    with a dtype compiles a small program for every new shape, which a fresh
+    process pays for at each step of setting up a fit."""
+    return jax.device_put(np.asarray(x, dtype))
 
 
 def ridge_from_prior(
     prior: dist.Distribution, shape: tuple[int, ...], where: str
-) -> tuple[Array, Array]:
+) -> tuple[np.ndarray, np.ndarray]:
     """``(loc, precision)`` arrays of ``shape`` for a Normal or flat prior.
 
     Raises a `ValueError` naming ``where`` for any other prior.
@@ -35,13 +42,13 @@ def ridge_from_prior(
     while isinstance(base, (dist.Independent, dist.ExpandedDistribution)):
         base = base.base_dist
     if isinstance(base, dist.Normal):
-        loc = jnp.broadcast_to(base.loc, shape)
-        prec = jnp.broadcast_to(1.0 / jnp.square(base.scale), shape)
+        loc = np.broadcast_to(np.asarray(base.loc), shape)
+        prec = np.broadcast_to(1.0 / np.square(np.asarray(base.scale)), shape)
         return loc, prec
     support = getattr(base, "support", None)
     support = getattr(support, "base_constraint", support)  # independent(real, n)
     if isinstance(base, dist.ImproperUniform) and support is dist.constraints.real:
-        return jnp.zeros(shape), jnp.zeros(shape)
+        return np.zeros(shape), np.zeros(shape)
     msg = (
         f"{where}: the closed-form fit supports Normal or ImproperUniform(real) "
         f"priors on transform parameters, got {type(base).__name__}. Use "
@@ -60,7 +67,7 @@ def scatter_setup(
     if prior is None and SCATTER not in fx:
         return "none", False, None
     shape = shapes[SCATTER] if SCATTER in shapes else np.shape(fx[SCATTER])
-    start = jnp.asarray(fx.get(SCATTER, jnp.ones(shape)), dtype)
+    start = on_device(fx.get(SCATTER, np.ones(shape)), dtype)
     kind = "scalar" if tuple(shape) == () else "vector"
     return kind, prior is not None and SCATTER not in fx, start
 
@@ -110,17 +117,17 @@ def em_problem(
                         f"{call}: prior of {name!r} parameter {p!r}",
                     )
                     if ridge_from_priors
-                    else (jnp.zeros(shapes[p]), jnp.zeros(shapes[p]))
+                    else (np.zeros(shapes[p]), np.zeros(shapes[p]))
                 )
-        ridges.append(jax.tree.map(lambda a: jnp.asarray(a, dtype), ridge))
+        ridges.append(jax.tree.map(lambda a: on_device(a, dtype), ridge))
         pr = {p: expanded[p] for p in ("A", "b") if p in expanded}
         if t.scatter_prior is not None:
             pr[SCATTER] = t.scatter_prior
         priors.append(pr)
         d = t.output_size
         p0 = {
-            "A": jnp.asarray(fx.get("A", jnp.zeros((d, k))), dtype),
-            "b": jnp.asarray(fx.get("b", jnp.zeros(d)), dtype),
+            "A": on_device(fx.get("A", np.zeros((d, k))), dtype),
+            "b": on_device(fx.get("b", np.zeros(d)), dtype),
         }
         if s0 is not None:
             p0[SCATTER] = s0
