@@ -27,7 +27,11 @@ __all__ = ["em_problem", "on_device", "ridge_from_prior", "scatter_setup"]
 def on_device(x: Any, dtype: Any) -> Array:
     """``x`` as a JAX array of ``dtype``, converted on the host: ``jnp.asarray``
     with a dtype compiles a small program for every new shape, which a fresh
-    process pays for at each step of setting up a fit."""
+    process pays for at each step of setting up a fit.
+
+    >>> on_device([1, 2], np.float32)
+    Array([1., 2.], dtype=float32)
+    """
     return jax.device_put(np.asarray(x, dtype))
 
 
