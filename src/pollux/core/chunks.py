@@ -16,6 +16,7 @@ over 10⁵ stars keep about float32's precision.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -88,10 +89,16 @@ def bucket(n: int) -> int:
 def pad_rows(x: Array, n: int, fill: float) -> Array:
     """``x`` with rows of ``fill`` appended up to ``n`` rows (``x`` itself when it has
     them already)."""
-    extra = n - x.shape[0]
-    if extra <= 0:
+    if n <= x.shape[0]:
         return x
-    return jnp.concatenate([x, jnp.full((extra, *x.shape[1:]), fill, x.dtype)])
+    return _padded(x, n, fill)
+
+
+@partial(jax.jit, static_argnames="n")
+def _padded(x: Array, n: int, fill: float) -> Array:
+    # (one program: eager concatenate and full would compile three small ones)
+    extra = jnp.full((n - x.shape[0], *x.shape[1:]), fill, x.dtype)
+    return jnp.concatenate([x, extra])
 
 
 def pad_block(block: Block, n: int) -> Block:

@@ -13,6 +13,7 @@ from .._params import LATENTS, SCATTER
 from ..core.blocks import Block, make_block
 from ..data import PolluxData
 from ..data._containers import check_values
+from ._setup import on_device
 
 if TYPE_CHECKING:
     from .lux import LuxModel
@@ -96,7 +97,7 @@ def _as_param_array(value: Any, where: str) -> jnp.ndarray:
     if not np.all(np.isfinite(arr)):
         msg = f"{where}: values must be finite (found NaN or inf)"
         raise ValueError(msg)
-    return jnp.asarray(value)
+    return on_device(arr)
 
 
 def check_params(

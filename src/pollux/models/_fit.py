@@ -53,7 +53,7 @@ from ._polynomial import (
     vem_problem,
 )
 from ._results import FitResult, LatentPosterior
-from ._setup import em_problem
+from ._setup import em_problem, on_device
 from .transforms import AffineTransform
 
 if TYPE_CHECKING:
@@ -328,7 +328,7 @@ def _fit_memory(model, names, fixed, blocks, mesh, chunk_size, run, accelerate, 
     z_fixed = fixed.get(LATENTS)
     if z_fixed is not None:
         z_fixed = _devices.shard_stars(
-            pad_rows(jnp.asarray(z_fixed, dtype), n_pad, 0.0), mesh
+            pad_rows(on_device(z_fixed, dtype), n_pad, 0.0), mesh
         )
     problem, params = em_problem(
         model,
@@ -551,7 +551,7 @@ def _check_param_cov(
                 f"got {tuple(np.shape(C))}"
             )
             raise ValueError(msg)
-        out[name] = jnp.asarray(C)
+        out[name] = on_device(C)
     return out
 
 
@@ -590,10 +590,7 @@ def predict(
     if is_lazy(posterior.mean) and (quadratic or mesh is not None):
         # Dask posteriors serve affine outputs on the default device; others
         # are computed into memory.
-        posterior = LatentPosterior(
-            jnp.asarray(np.asarray(posterior.mean)),
-            jnp.asarray(np.asarray(posterior.cov)),
-        )
+        posterior = LatentPosterior(on_device(posterior.mean), on_device(posterior.cov))
     if quadratic:
         thetas, kinds, s2s = polynomial_thetas(model, params, names, dtype)
         for name, theta, kind, s2 in zip(names, thetas, kinds, s2s, strict=True):

@@ -29,7 +29,7 @@ from ..core.features import (
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.variational import e_step, map_modes, star_stats
 from ..core.vem import THETA, FeatureSpec, VEMProblem, named_params
-from ._setup import ridge_from_prior, scatter_setup
+from ._setup import on_device, ridge_from_prior, scatter_setup
 from .transforms import (
     AbstractTransform,
     AffineTransform,
@@ -103,17 +103,24 @@ def polynomial_thetas(
     thetas, kinds, s2s = [], [], []
     for name in names:
         kind = kind_of(model.outputs[name])
-        p = {key: jnp.asarray(v, dtype) for key, v in params[name].items()}
-        if kind == "quadratic":
-            theta = theta_from_qab(p["Q"], p["A"], p["b"])
-        elif kind == "affine":
-            theta = jnp.concatenate([p["A"], p["b"][:, None]], axis=1)
-        else:
-            theta = p["A"]
-        thetas.append(theta)
+        p = {key: np.asarray(v, dtype) for key, v in params[name].items()}
+        thetas.append(
+            _feature_weights(kind, {k: v for k, v in p.items() if k != SCATTER})
+        )
         kinds.append(kind)
-        s2s.append(jnp.square(p[SCATTER]) if SCATTER in p else jnp.zeros((), dtype))
+        s2s.append(on_device(np.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
     return tuple(thetas), tuple(kinds), tuple(s2s)
+
+
+@partial(jax.jit, static_argnames="kind")
+def _feature_weights(kind: str, p: dict[str, Array]) -> Array:
+    """The feature weights of one output's named parameters (one program, not
+    an eager operation each)."""
+    if kind == "quadratic":
+        return theta_from_qab(p["Q"], p["A"], p["b"])
+    if kind == "affine":
+        return jnp.concatenate([p["A"], p["b"][:, None]], axis=1)
+    return p["A"]
 
 
 def vem_problem(

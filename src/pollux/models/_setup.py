@@ -24,10 +24,10 @@ if TYPE_CHECKING:
 __all__ = ["em_problem", "on_device", "ridge_from_prior", "scatter_setup"]
 
 
-def on_device(x: Any, dtype: Any) -> Array:
-    """``x`` as a JAX array of ``dtype``, converted on the host: ``jnp.asarray``
-    with a dtype compiles a small program for every new shape, which a fresh
-    process pays for at each step of setting up a fit.
+def on_device(x: Any, dtype: Any = None) -> Array:
+    """``x`` as a JAX array (of ``dtype``, if given), converted on the host:
+    ``jnp.asarray`` compiles a small program for every new shape and dtype, which
+    a fresh process pays for at each step of setting up a fit or a labelling.
 
     >>> on_device([1, 2], np.float32)
     Array([1., 2.], dtype=float32)
