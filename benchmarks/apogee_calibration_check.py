@@ -17,7 +17,7 @@ import numpy as np
 from apogee import lux_model, make_data
 
 import pollux as plx
-from pollux.models._calibrate import max_likelihood_scatter
+from pollux.fit._calibrate import max_likelihood_scatter
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ float16 errors, labels; chunks of 4,096 stars) to a temporary folder and then:
   arrays, on a `LocalCluster` of ``--workers`` worker processes (one thread each)
   with its client as the default: the seconds per sweep the same way, and the bytes
   the client sent (parameters) and received (sums) per sweep
-  (``pollux.models._dask.TRAFFIC``, the arrays' own sizes);
+  (``pollux.fit.backends._dask.TRAFFIC``, the arrays' own sizes);
 * **labelling**: ``infer_latents`` + ``predict`` of all N stars from the store on
   the cluster (Dask arrays computed there), in stars per second;
 * **a killed worker**: the ``1 + iters`` fit again while one worker process is
@@ -129,7 +129,7 @@ def run(n: int, args, folder: Path) -> dict:
     import numpy as np
     from distributed import Client, LocalCluster
 
-    from pollux.models import _dask
+    from pollux.fit.backends import _dask
 
     out: dict = {"n": n}
     t0 = time.perf_counter()

@@ -40,8 +40,7 @@ from typing import Any
 import numpy as np
 
 from .data import PolluxData
-from .models import LuxModel
-from .models._heldout import (
+from .fit.heldout import (
     HeldOutPredictions,
     check_folds,
     check_given,
@@ -51,6 +50,7 @@ from .models._heldout import (
     held_out,
     targets_of,
 )
+from .models import LuxModel
 
 __all__ = [
     "HeldOutPredictions",

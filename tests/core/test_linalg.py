@@ -141,8 +141,8 @@ def _vem_lowered(block, n, k):
     """The kernels of the quadratic (variational) path, lowered on a tiny model."""
     import pollux as plx
     from pollux.core import vem
-    from pollux.models._checks import blocks_for
-    from pollux.models._polynomial import (
+    from pollux.fit.checks import blocks_for
+    from pollux.fit.polynomial import (
         posterior_polynomial,
         predictive_polynomial,
         vem_problem,

@@ -25,9 +25,9 @@ import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 
 import pollux as plx  # noqa: E402
-from pollux.models import _calibrate  # noqa: E402
-from pollux.models._calibrate import max_likelihood_scatter  # noqa: E402
-from pollux.models._heldout import HeldOutPredictions  # noqa: E402
+from pollux.fit import _calibrate  # noqa: E402
+from pollux.fit._calibrate import max_likelihood_scatter  # noqa: E402
+from pollux.fit.heldout import HeldOutPredictions  # noqa: E402
 from pollux.models.transforms import LinearTransform  # noqa: E402
 
 N_TRAIN, N_TEST, K, D_FLUX, D_LABEL = 240, 600, 3, 12, 2

@@ -32,7 +32,7 @@ from test_fit import CONFIGS, _data, _fixed, _model  # noqa: E402
 
 import pollux as plx  # noqa: E402
 from pollux.data import OutputData, PolluxData  # noqa: E402
-from pollux.models import _dask  # noqa: E402
+from pollux.fit.backends import _dask  # noqa: E402
 from pollux.models.transforms import AffineTransform, QuadraticTransform  # noqa: E402
 
 RTOL = 1e-6

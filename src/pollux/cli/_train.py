@@ -91,7 +91,7 @@ def build_model(cfg: TrainConfig, n_flux: int, n_labels: int) -> Any:
     import numpyro.distributions as dist
 
     from ..models import LuxModel
-    from ..models.transforms import (
+    from ..transforms import (
         AffineTransform,
         LinearTransform,
         QuadraticTransform,

@@ -41,7 +41,7 @@ __all__ = [
 Ridge = dict[str, tuple[Array, Array]]
 
 
-def _ridge_cholesky(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
+def ridge_cholesky(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
     """Cholesky factor of ``G`` plus a jitter of one machine epsilon times its mean
     diagonal, which keeps rows that no data constrain (``G`` = 0 without a prior)
     solvable; it changes a well-posed result by a relative ``O(eps · cond(G))``."""
@@ -53,7 +53,7 @@ def _ridge_cholesky(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
 
 def ridge_solve(G: Float[Array, "d m m"], c: Array) -> Array:
     """Batched SPD solve ``G x = c`` (``c``: ``(d, m)`` vectors or ``(d, m, r)``)."""
-    return cho_solve(_ridge_cholesky(G), c)
+    return cho_solve(ridge_cholesky(G), c)
 
 
 def affine_stats(
@@ -160,7 +160,7 @@ def row_covariances(
     if spec.A_free:
         G, _ = normal_equations(spec, stats, ridge)
         m = G.shape[-1]
-        return out.at[:, :m, :m].set(inverse_from_cholesky(_ridge_cholesky(G)))
+        return out.at[:, :m, :m].set(inverse_from_cholesky(ridge_cholesky(G)))
     if spec.solve_b:
         b_prec = ridge["b"][1]
         return out.at[:, k, k].set(1.0 / (stats[1] + b_prec))

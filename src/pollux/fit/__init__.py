@@ -1,5 +1,24 @@
-"""Results of the closed-form path (kept importable here: `pollux.fit.FitResult`)."""
+"""The fitting layer: the drivers of every fitting call and their results.
 
-from ..models._results import FitResult, LatentPosterior
+The drivers take any object with a ``latent_size`` and ``outputs`` (`Model`);
+`pollux.models` builds its public objects on them.
+"""
 
-__all__ = ["FitResult", "LatentPosterior"]
+from ._calibrate import calibrate
+from ._em import fit_em, infer_latents, predict
+from ._optimize import optimize_map
+from ._protocol import Definition, Model, RefittableModel
+from ._results import FitResult, LatentPosterior
+
+__all__ = [
+    "Definition",
+    "FitResult",
+    "LatentPosterior",
+    "Model",
+    "RefittableModel",
+    "calibrate",
+    "fit_em",
+    "infer_latents",
+    "optimize_map",
+    "predict",
+]

@@ -1,7 +1,8 @@
-"""The model layer: `LuxModel`, its transforms, and the drivers of its fitting calls."""
+"""The model layer: `LuxModel`, `CannonModel` and `TrainedModel`, thin objects over
+the fitting layer (`pollux.fit`) and the file format (`pollux.io`)."""
 
+from ..fit import FitResult, LatentPosterior
 from . import transforms
-from ._results import FitResult, LatentPosterior
 from .cannon import CannonModel
 from .lux import LuxModel
 from .trained import Labels, TrainedModel, load, model_file_info

@@ -30,11 +30,12 @@ from ..core.features import feature_index
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.variational import map_modes, star_stats
 from ..data import OutputData, PolluxData
-from ._checks import blocks_for, check_data, check_params
-from ._polynomial import polynomial_thetas
-from ._results import FitResult
+from ..fit import FitResult
+from ..fit.checks import blocks_for, check_data, check_params
+from ..fit.polynomial import polynomial_thetas
+from ..transforms import QuadraticTransform
+from ._save import save_model
 from .lux import LuxModel
-from .transforms import QuadraticTransform
 
 __all__ = ["CannonModel"]
 
@@ -94,6 +95,26 @@ class CannonModel:
         t = self.model.outputs[self.flux]
         return f"CannonModel(n_labels={self.n_labels}, flux_size={t.output_size})"
 
+    @property
+    def latent_size(self) -> int:
+        """The latents of a Cannon are its labels: ``n_labels``."""
+        return self.n_labels
+
+    @property
+    def outputs(self):
+        """The outputs of the underlying `LuxModel` (the flux)."""
+        return self.model.outputs
+
+    def definition(self) -> dict[str, Any]:
+        """What a model file stores of this model (`pollux.io`)."""
+        return {
+            "kind": "CannonModel",
+            "n_labels": self.n_labels,
+            "flux_size": self.model.outputs[self.flux].output_size,
+            "flux": self.flux,
+            "label": self.label,
+        }
+
     def fit(
         self,
         data: PolluxData,
@@ -147,8 +168,6 @@ class CannonModel:
         overwrite: bool = False,
     ) -> Any:
         """Write the trained Cannon to a model file (as `LuxModel.save`)."""
-        from .trained import save_model
-
         return save_model(
             self,
             path,
@@ -186,14 +205,15 @@ class CannonModel:
         blocks = blocks_for(self.model, data, [self.flux], params, call)
         dtype = blocks[0].values.dtype
         thetas, _, s2s = polynomial_thetas(self.model, params, [self.flux], dtype)
-        mean, cov = _test_step(blocks, thetas, s2s, self.n_labels)
+        kind = self.model.outputs[self.flux].feature_kind
+        mean, cov = _test_step(blocks, thetas, s2s, self.n_labels, kind)
         err = jnp.sqrt(jnp.diagonal(cov, axis1=1, axis2=2))
         return PolluxData(**{self.label: OutputData(mean, err=err, preprocessed=True)})
 
 
-@partial(jax.jit, static_argnames=("k",))
-def _test_step(blocks, thetas, s2s, k: int) -> tuple[Any, Any]:
-    stats = star_stats(blocks, thetas, (feature_index("quadratic", k),), s2s, k)
+@partial(jax.jit, static_argnames=("k", "kind"))
+def _test_step(blocks, thetas, s2s, k: int, kind: str) -> tuple[Any, Any]:
+    stats = star_stats(blocks, thetas, (feature_index(kind, k),), s2s, k)
     eye = 1.5 * np.eye(k)
     starts = jnp.asarray(
         np.concatenate([np.zeros((1, k)), eye, -eye]), blocks[0].values.dtype

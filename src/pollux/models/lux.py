@@ -18,12 +18,18 @@ from .._params import (
     without_latents,
 )
 from ..data import PolluxData
-from ._calibrate import calibrate
-from ._checks import check_latents_shape, check_params, resolve_names
-from ._fit import fit_em, infer_latents, predict
-from ._optimize import optimize_map
-from ._results import FitResult, LatentPosterior
-from .transforms import AbstractTransform
+from ..fit import (
+    FitResult,
+    LatentPosterior,
+    calibrate,
+    fit_em,
+    infer_latents,
+    optimize_map,
+    predict,
+)
+from ..fit.checks import check_latents_shape, check_params, resolve_names
+from ..transforms import AbstractTransform
+from ._save import save_model
 
 __all__ = ["LuxModel"]
 
@@ -96,6 +102,15 @@ class LuxModel:
             raise TypeError(msg)
         transform.check_input_size(self.latent_size)
         self._outputs[name] = transform
+
+    def definition(self) -> dict[str, Any]:
+        """What a model file stores of this model: its kind, latent size and
+        outputs (`pollux.io`)."""
+        return {
+            "kind": "LuxModel",
+            "latent_size": self.latent_size,
+            "outputs": self.outputs,
+        }
 
     # Prediction ---------------------------------------------------------------
     def predict_outputs(
@@ -318,8 +333,6 @@ class LuxModel:
     ) -> Any:
         """Write this model and its fit ``result`` to a model file; `pollux.load`
         reads it back. See `pollux.models.trained.save_model` for the arguments."""
-        from .trained import save_model
-
         return save_model(
             self,
             path,

@@ -10,21 +10,15 @@ from jaxtyping import Array
 
 from .._params import SCATTER
 from ._setup import on_device
-from .transforms import AbstractTransform, AffineTransform, LinearTransform
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
-__all__ = ["affine_params", "is_affine"]
-
-
-def is_affine(transform: AbstractTransform) -> bool:
-    """Whether the closed-form (EM / exact posterior) path handles ``transform``."""
-    return type(transform) in (LinearTransform, AffineTransform)
+__all__ = ["affine_params"]
 
 
 def affine_params(
-    model: LuxModel,
+    model: Model,
     params: Mapping[str, Any],
     names: Iterable[str],
     dtype: Any,
@@ -35,12 +29,9 @@ def affine_params(
     for name in names:
         t = model.outputs[name]
         p = params[name]
-        W = on_device(p["A"], dtype)  # y = W z + b; b is zero for LinearTransform
+        W, b = t.affine_parts(p)  # y = W z + b; None: b = 0
+        W = on_device(W, dtype)
         Ws.append(W)
-        bs.append(
-            on_device(p["b"], dtype)
-            if isinstance(t, AffineTransform)
-            else on_device(np.zeros(W.shape[0]), dtype)
-        )
+        bs.append(on_device(np.zeros(W.shape[0]) if b is None else b, dtype))
         s2s.append(on_device(np.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
     return tuple(Ws), tuple(bs), tuple(s2s)

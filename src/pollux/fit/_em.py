@@ -29,11 +29,15 @@ from ..core.chunks import auto_chunk_size, bucket, n_chunks, pad_block, pad_rows
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.pca import pca_latents
 from ..data import OutputData, PolluxData
-from ..data._containers import is_lazy
-from . import _dask, _devices
+from ..data.values import is_lazy
+from ..io import Checkpoint, fingerprint
 from ._affine import affine_params
-from ._checkpoint import Checkpoint, fingerprint
-from ._checks import (
+from ._protocol import Definition
+from ._results import FitResult, LatentPosterior
+from ._setup import em_problem, on_device
+from .backends import _dask
+from .backends import _sharded as _devices
+from .checks import (
     blocks_for,
     check_data,
     check_latents_shape,
@@ -41,8 +45,7 @@ from ._checks import (
     require_scatter,
     resolve_names,
 )
-from ._polynomial import (
-    kind_of,
+from .polynomial import (
     n_row_features,
     output_params,
     polynomial_thetas,
@@ -52,12 +55,9 @@ from ._polynomial import (
     uses_quadratic,
     vem_problem,
 )
-from ._results import FitResult, LatentPosterior
-from ._setup import em_problem, on_device
-from .transforms import AffineTransform
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 __all__ = ["fit_em", "infer_latents", "predict"]
 
@@ -201,7 +201,7 @@ def _checkpoint(
 
 
 def fit_em(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     *,
     fixed_params: Mapping[str, Any] | None,
@@ -366,7 +366,7 @@ def _fit_memory(model, names, fixed, blocks, mesh, chunk_size, run, accelerate, 
 
 
 def _affine_start(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     names: tuple[str, ...],
     fixed: Mapping[str, Any],
@@ -374,17 +374,19 @@ def _affine_start(
 ) -> FitResult:
     """The converged fit of the model with every quadratic output made affine
     (``Q = 0``): the start of the variational EM."""
-    twin = type(model)(model.latent_size)
-    twin_fixed = {}
+    outputs, twin_fixed = {}, {}
     for name in names:
-        t = model.outputs[name]
-        if kind_of(t) == "quadratic":
-            priors = {p: v for p, v in t.param_priors.items() if p != "Q"}
-            t = AffineTransform(t.output_size, param_priors=priors)
-        twin.register_output(name, t)
+        t = model.outputs[name].affine_view()
+        outputs[name] = t
         if name in fixed:
-            twin_fixed[name] = {p: v for p, v in fixed[name].items() if p != "Q"}
-    return twin.fit(
+            twin_fixed[name] = {
+                p: v
+                for p, v in fixed[name].items()
+                if p in t.param_names or p == SCATTER
+            }
+    twin = Definition(model.latent_size, outputs)
+    return fit_em(
+        twin,
         data,
         fixed_params=twin_fixed,
         names=names,
@@ -396,7 +398,7 @@ def _affine_start(
 
 
 def _fit_vem(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     names: tuple[str, ...],
     fixed: Mapping[str, Any],
@@ -451,7 +453,7 @@ def _fit_vem(
         key: dict(val) for key, val in without_latents(fixed).items()
     }
     for name, spec, p in zip(names, problem.specs, state.params, strict=True):
-        out[name] = output_params(spec, p, k)
+        out[name] = output_params(model.outputs[name], spec, p, k)
     out[LATENTS] = state.mean
     if problem.fixed_latents is not None:
         cov = jnp.zeros((n, k, k), dtype)
@@ -469,7 +471,7 @@ def _fit_vem(
 
 
 def infer_latents(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     params: Mapping[str, Any],
     names: str | Iterable[str] | None,
@@ -530,7 +532,7 @@ def infer_latents(
 
 
 def _check_param_cov(
-    model: LuxModel, param_cov: Any, names: tuple[str, ...], call: str
+    model: Model, param_cov: Any, names: tuple[str, ...], call: str
 ) -> dict[str, Any]:
     if param_cov is None:
         return {}
@@ -556,7 +558,7 @@ def _check_param_cov(
 
 
 def predict(
-    model: LuxModel,
+    model: Model,
     posterior: LatentPosterior,
     params: Mapping[str, Any],
     names: str | Iterable[str] | None,

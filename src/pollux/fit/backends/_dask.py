@@ -23,7 +23,7 @@ per chunk and its QR and SVD steps on the client, on three gathered ``(N, K + 8)
 products, so the start, and the fit, are the in-memory ones. The posterior of the
 training stars comes back to the client at the end (a `FitResult` holds it in
 memory: ``N × K²`` numbers). The workers get the client's ``jax_enable_x64``
-(`pollux.models._workers.X64Plugin`).
+(`pollux.fit.backends._workers.X64Plugin`).
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._params import LATENTS
-from ..core import em, posterior
-from ..core.blocks import Block, count_observed
-from ..core.chunks import pad_block, pad_rows
-from ..core.problem import EMProblem
-from ..data._containers import is_lazy
-from ._checks import check_output, read_block
+from ..._params import LATENTS
+from ...core import em, posterior
+from ...core.blocks import Block, count_observed
+from ...core.chunks import pad_block, pad_rows
+from ...core.problem import EMProblem
+from ...data.values import is_lazy
+from ..checks import check_output, read_block
 
 __all__ = [
     "TRAFFIC",

@@ -21,13 +21,13 @@ from ..core.em import initialize
 from ..core.pca import pca_latents
 from ..core.posterior import posterior_moments
 from ..data import PolluxData
-from ._affine import affine_params, is_affine
-from ._checks import blocks_for, check_data, check_params, resolve_names
+from ..transforms import expand_prior
+from ._affine import affine_params
 from ._setup import em_problem
-from .transforms import expand_prior
+from .checks import blocks_for, check_data, check_params, resolve_names
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 __all__ = ["optimize_map"]
 
@@ -52,7 +52,7 @@ def latent_prior_dist(latent_prior: Any, n: int, k: int, call: str):
 
 
 def lux_numpyro_model(
-    model: LuxModel,
+    model: Model,
     names: tuple[str, ...],
     blocks: dict[str, Block],
     fixed: dict[str, Any],
@@ -85,7 +85,7 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     block_list = tuple(blocks[name] for name in names)
     dtype = block_list[0].values.dtype
     transforms_fixed = all(
-        is_affine(model.outputs[n_])
+        model.outputs[n_].is_affine
         and all(p in fixed.get(n_, {}) for p in model.outputs[n_].param_shapes(k, n))
         for n_ in names
     )
@@ -105,7 +105,7 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
     todo = tuple(
         n_
         for n_ in names
-        if is_affine(model.outputs[n_]) and "A" not in fixed.get(n_, {})
+        if model.outputs[n_].is_affine and "A" not in fixed.get(n_, {})
     )
     if not todo:
         return values
@@ -192,7 +192,7 @@ def _check_output_shapes(model, names, blocks, fixed, n, call) -> None:
 
 
 def optimize_map(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     num_steps: int,
     rng_key: Any,

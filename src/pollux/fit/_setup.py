@@ -19,7 +19,7 @@ from ..core.blocks import Block
 from ..core.problem import EMProblem, OutputSpec
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 __all__ = ["em_problem", "on_device", "ridge_from_prior", "scatter_setup"]
 
@@ -77,7 +77,7 @@ def scatter_setup(
 
 
 def em_problem(
-    model: LuxModel,
+    model: Model,
     names: tuple[str, ...],
     blocks: tuple[Block, ...],
     fixed: Mapping[str, Any],

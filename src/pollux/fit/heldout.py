@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 
 from .._params import LATENTS, SCATTER, check_nonnegative_int
 from ..data import PolluxData
-from ._checks import resolve_names
+from .checks import resolve_names
 
 if TYPE_CHECKING:
+    from ._protocol import Model, RefittableModel
     from ._results import FitResult
-    from .lux import LuxModel
 
 __all__ = [
     "HeldOutPredictions",
@@ -45,7 +45,7 @@ __all__ = [
 # ----------------------------------------------------------------------------------
 # Argument checks
 # ----------------------------------------------------------------------------------
-def check_given(model: LuxModel, given: Any, call: str) -> tuple[str, ...]:
+def check_given(model: Model, given: Any, call: str) -> tuple[str, ...]:
     """``given`` as a tuple of registered output names (non-empty, no repeats)."""
     if given is None:  # unlike names=None, "all outputs" is no choice here
         msg = f"{call}(given=...): expected an output name or a list of names"
@@ -127,7 +127,7 @@ def check_outputs_in_data(data: PolluxData, names: Iterable[str], call: str) -> 
 _OWN_FIT_KEYWORDS = ("data", "progress")
 
 
-def fit_keywords(model: LuxModel, fit_kwargs: Any, call: str) -> dict[str, Any]:
+def fit_keywords(model: Model, fit_kwargs: Any, call: str) -> dict[str, Any]:
     """``fit_kwargs`` checked against the signature of ``model.fit``.
 
     ``progress`` is set by the caller and ``fixed_params`` is refused: fixed
@@ -276,7 +276,7 @@ def _observed(data: PolluxData, name: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def held_out(
-    make_model: Callable[[], LuxModel],
+    make_model: Callable[[], RefittableModel],
     data: PolluxData,
     *,
     given: tuple[str, ...],

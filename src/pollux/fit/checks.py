@@ -12,11 +12,11 @@ import numpy as np
 from .._params import LATENTS, SCATTER
 from ..core.blocks import Block, make_block
 from ..data import PolluxData
-from ..data._containers import check_values
+from ..data.values import check_values
 from ._setup import on_device
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 
 def check_data(data: Any, call: str) -> PolluxData:
@@ -26,7 +26,7 @@ def check_data(data: Any, call: str) -> PolluxData:
     return data
 
 
-def check_registered(model: LuxModel, call: str) -> None:
+def check_registered(model: Model, call: str) -> None:
     if not model.outputs:
         msg = (
             f"{call}: the model has no outputs; call "
@@ -36,7 +36,7 @@ def check_registered(model: LuxModel, call: str) -> None:
 
 
 def resolve_names(
-    model: LuxModel,
+    model: Model,
     names: str | Iterable[str] | None,
     call: str,
     available: Iterable[str] | None = None,
@@ -101,7 +101,7 @@ def _as_param_array(value: Any, where: str) -> jnp.ndarray:
 
 
 def check_params(
-    model: LuxModel,
+    model: Model,
     params: Any,
     n_stars: int | None,
     call: str,
@@ -169,7 +169,7 @@ def check_params(
 
 
 def require_scatter(
-    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], call: str
+    model: Model, params: Mapping[str, Any], names: Iterable[str], call: str
 ) -> None:
     """Refuse parameters without the ``s`` that an output's transform declares."""
     for name in names:
@@ -184,9 +184,7 @@ def require_scatter(
             raise ValueError(msg)
 
 
-def check_latents_shape(
-    model: LuxModel, z: Any, n_stars: int | None, where: str
-) -> None:
+def check_latents_shape(model: Model, z: Any, n_stars: int | None, where: str) -> None:
     shape = tuple(np.shape(z))
     if len(shape) != 2 or shape[1] != model.latent_size:
         msg = (
@@ -207,7 +205,7 @@ def _any_zero_error(block: Block) -> jax.Array:
 
 
 def check_output(
-    model: LuxModel, name: str, out: Any, fixed: Mapping[str, Any], call: str
+    model: Model, name: str, out: Any, fixed: Mapping[str, Any], call: str
 ) -> bool:
     """The checks of output ``name`` that need no values: its size, and a
     variance (errors or an extra scatter). Returns whether it has a scatter."""
@@ -240,7 +238,7 @@ def check_variance_defined(block: Block, name: str, has_scatter: bool, call: str
 
 
 def blocks_for(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     names: Iterable[str],
     fixed: Mapping[str, Any],

@@ -20,29 +20,21 @@ from ..core.blocks import Block
 from ..core.features import (
     feature_index,
     moments,
-    n_features,
     outer_packed,
     sym_pack,
-    theta_from_qab,
-    theta_ridge,
 )
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..core.variational import e_step, map_modes, star_stats
-from ..core.vem import THETA, FeatureSpec, VEMProblem, named_params
-from ._setup import on_device, ridge_from_prior, scatter_setup
-from .transforms import (
+from ..core.vem import THETA, FeatureSpec, VEMProblem
+from ..transforms import (
     AbstractTransform,
-    AffineTransform,
-    LinearTransform,
-    QuadraticTransform,
 )
+from ._setup import on_device, ridge_from_prior, scatter_setup
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 __all__ = [
-    "MAX_QUADRATIC_LATENTS",
-    "kind_of",
     "polynomial_thetas",
     "posterior_polynomial",
     "predictive_polynomial",
@@ -51,33 +43,19 @@ __all__ = [
     "vem_problem",
 ]
 
-#: Largest latent size for quadratic outputs: the features grow as K²/2 and each
-#: EM sweep's products as K⁴ (K = 10: 66 features).
-MAX_QUADRATIC_LATENTS = 10
 
-_KINDS = {
-    LinearTransform: "linear",
-    AffineTransform: "affine",
-    QuadraticTransform: "quadratic",
-}
+def uses_quadratic(model: Model, names: Iterable[str]) -> bool:
+    """Whether an output of ``names`` is polynomial but not affine in the latents
+    (the variational path)."""
+    return any(not model.outputs[n].is_affine for n in names)
 
 
-def kind_of(transform: AbstractTransform) -> str | None:
-    """``"linear"``, ``"affine"``, ``"quadratic"`` or None (not polynomial)."""
-    return _KINDS.get(type(transform))
-
-
-def uses_quadratic(model: LuxModel, names: Iterable[str]) -> bool:
-    return any(kind_of(model.outputs[n]) == "quadratic" for n in names)
-
-
-def require_polynomial(model: LuxModel, names: Iterable[str], call: str) -> None:
-    """Refuse outputs neither affine nor quadratic, and quadratic outputs with too
-    many latents, saying what to do instead."""
+def require_polynomial(model: Model, names: Iterable[str], call: str) -> None:
+    """Refuse outputs that declare no features of the latents, and outputs whose
+    features the latent size makes too many, saying what to do instead."""
     for name in names:
         t = model.outputs[name]
-        kind = kind_of(t)
-        if kind is None:
+        if t.feature_kind is None:
             msg = (
                 f"{call}: output {name!r} uses {type(t).__name__}, which is not a "
                 "polynomial of the latents; fit, infer_latents and predict handle "
@@ -85,11 +63,12 @@ def require_polynomial(model: LuxModel, names: Iterable[str], call: str) -> None
                 "LuxModel.optimize (numpyro MAP) instead."
             )
             raise ValueError(msg)
-        if kind == "quadratic" and model.latent_size > MAX_QUADRATIC_LATENTS:
+        limit = t.max_latent_size
+        if limit is not None and model.latent_size > limit:
             msg = (
-                f"{call}: output {name!r} is a QuadraticTransform with latent_size="
-                f"{model.latent_size}; the fast path supports quadratic outputs up to "
-                f"latent_size={MAX_QUADRATIC_LATENTS} (its cost grows as the latent "
+                f"{call}: output {name!r} is a {type(t).__name__} with latent_size="
+                f"{model.latent_size}; the fast path supports it up to "
+                f"latent_size={limit} (its cost grows as the latent "
                 "size to the fourth power). Use a smaller latent_size, or a "
                 "LinearTransform for larger ones."
             )
@@ -97,34 +76,31 @@ def require_polynomial(model: LuxModel, names: Iterable[str], call: str) -> None
 
 
 def polynomial_thetas(
-    model: LuxModel, params: Mapping[str, Any], names: Iterable[str], dtype: Any
+    model: Model, params: Mapping[str, Any], names: Iterable[str], dtype: Any
 ) -> tuple[tuple[Array, ...], tuple[str, ...], tuple[Array, ...]]:
-    """``(thetas, kinds, s2s)``: feature weights of checked named parameters."""
+    """``(thetas, kinds, s2s)``: feature weights of checked named parameters, the
+    outputs' feature kinds and their squared scatters."""
     thetas, kinds, s2s = [], [], []
     for name in names:
-        kind = kind_of(model.outputs[name])
+        t = model.outputs[name]
         p = {key: np.asarray(v, dtype) for key, v in params[name].items()}
         thetas.append(
-            _feature_weights(kind, {k: v for k, v in p.items() if k != SCATTER})
+            _feature_weights(type(t), {k: v for k, v in p.items() if k != SCATTER})
         )
-        kinds.append(kind)
+        kinds.append(t.feature_kind)
         s2s.append(on_device(np.square(p[SCATTER]) if SCATTER in p else 0.0, dtype))
     return tuple(thetas), tuple(kinds), tuple(s2s)
 
 
-@partial(jax.jit, static_argnames="kind")
-def _feature_weights(kind: str, p: dict[str, Array]) -> Array:
+@partial(jax.jit, static_argnums=0)
+def _feature_weights(cls: type[AbstractTransform], p: dict[str, Array]) -> Array:
     """The feature weights of one output's named parameters (one program, not
     an eager operation each)."""
-    if kind == "quadratic":
-        return theta_from_qab(p["Q"], p["A"], p["b"])
-    if kind == "affine":
-        return jnp.concatenate([p["A"], p["b"][:, None]], axis=1)
-    return p["A"]
+    return cls.to_features(p)
 
 
 def vem_problem(
-    model: LuxModel,
+    model: Model,
     names: tuple[str, ...],
     blocks: tuple[Block, ...],
     fixed: Mapping[str, Any],
@@ -139,12 +115,12 @@ def vem_problem(
     specs, priors, ridges, params = [], [], [], []
     for name in names:
         t = model.outputs[name]
-        kind = kind_of(t)
+        kind = t.feature_kind
         fx = fixed.get(name, {})
         held = [p for p in t.param_names if p in fx]
         if held and len(held) != len(t.param_names):
             msg = (
-                f"{call}(fixed_params[{name!r}]): with a QuadraticTransform output "
+                f"{call}(fixed_params[{name!r}]): with a non-affine output "
                 f"in the fit, hold all of {list(t.param_names)} fixed or none "
                 f"(got {held})"
             )
@@ -161,13 +137,7 @@ def vem_problem(
                 )
                 for p in t.param_names
             }
-            if kind == "quadratic":
-                loc, prec = theta_ridge(rid["Q"], rid["A"], rid["b"])
-            elif kind == "affine":
-                loc = jnp.concatenate([rid["A"][0], rid["b"][0][:, None]], axis=1)
-                prec = jnp.concatenate([rid["A"][1], rid["b"][1][:, None]], axis=1)
-            else:
-                loc, prec = rid["A"]
+            loc, prec = t.ridge_to_features(rid)
             ridges.append((jnp.asarray(loc, dtype), jnp.asarray(prec, dtype)))
             theta = jnp.zeros((t.output_size, len(feature_index(kind, k))), dtype)
         else:
@@ -195,10 +165,10 @@ def vem_problem(
 
 
 def output_params(
-    spec: FeatureSpec, p: Mapping[str, Array], k: int
+    transform: AbstractTransform, spec: FeatureSpec, p: Mapping[str, Array], k: int
 ) -> dict[str, Array]:
     """The transform's named parameters (and ``s``) of one output's state."""
-    out = named_params(spec.kind, p[THETA], k)
+    out = transform.from_features(p[THETA], k)
     if spec.has_s:
         out[SCATTER] = p[SCATTER]
     return out
@@ -257,5 +227,4 @@ def predictive_polynomial(
 
 def n_row_features(transform: AbstractTransform, k: int) -> int:
     """Size of a row of `FitResult.param_cov` for ``transform``."""
-    kind = kind_of(transform)
-    return n_features(k) if kind == "quadratic" else len(feature_index(kind, k))
+    return len(feature_index(transform.feature_kind, k))

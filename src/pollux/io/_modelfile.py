@@ -6,7 +6,7 @@ Format (version 1), documented in docs/model_files.md:
   ``pollux_version``, ``created`` (UTC, ISO 8601), ``x64`` (whether the arrays
   are double precision), ``payload`` (the model definition, the fit result, the
   preprocessors, column names, wavelength grids and training ranges, encoded by
-  `pollux.models._codec`) and ``arrays`` (for every array its dtype, shape and
+  `pollux.io._codec`) and ``arrays`` (for every array its dtype, shape and
   SHA-256 of its bytes);
 - ``arrays/<key>.npy``: one array per key, in numpy's ``.npy`` format, read with
   ``allow_pickle=False``.
@@ -29,19 +29,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
-from .._params import LATENTS, without_latents
 from ..data import AbstractPreprocessor, PolluxData
-from ._checks import check_params
 from ._codec import FileFormatError, decode, encode
-from ._results import FitResult, LatentPosterior
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "UNREADABLE",
+    "model_file_info",
     "read_manifest",
     "read_model_file",
     "write_model_file",
@@ -78,7 +75,7 @@ def _sha256(arr: np.ndarray) -> str:
 def write_model_file(
     path: Any,
     definition: Mapping[str, Any],
-    result: FitResult,
+    result: Any,
     extras: Mapping[str, Any],
     *,
     overwrite: bool,
@@ -256,60 +253,6 @@ def _read_arrays(
     return arrays
 
 
-def result_from_payload(model: Any, tree: Mapping[str, Any], where: str) -> FitResult:
-    """Rebuild a checked `FitResult` for ``model`` (a `LuxModel`)."""
-    try:
-        post = tree["posterior"]
-        raw_params = tree["params"]
-        if not isinstance(raw_params, dict):
-            raise TypeError("params is not a dict")
-        _check_finite(raw_params, "params", where)
-        _check_finite(tree["param_cov"], "param_cov", where)
-        params = _to_jax(raw_params)
-        check_params(
-            model,
-            without_latents(params),
-            None,
-            where,
-            "params",
-            required=[k for k in params if k != LATENTS],
-        )
-        flags = post["multimodal"]
-        posterior = LatentPosterior(
-            jnp.asarray(post["mean"]),
-            jnp.asarray(post["cov"]),
-            None if flags is None else jnp.asarray(flags),
-        )
-        return FitResult(
-            params=params,
-            posterior=posterior,
-            losses=jnp.asarray(tree["losses"]),
-            n_iter=int(tree["n_iter"]),
-            converged=bool(tree["converged"]),
-            param_cov=_to_jax(tree["param_cov"]),
-            settings=dict(tree["settings"]),
-            calibration=dict(tree["calibration"]),
-        )
-    except (KeyError, TypeError, IndexError) as err:
-        msg = f"{where}: the stored fit result is incomplete or damaged ({err!r})"
-        raise ValueError(msg) from err
-
-
-def _check_finite(tree: Any, what: str, where: str) -> None:
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            _check_finite(v, f"{what}[{k!r}]", where)
-    elif isinstance(tree, np.ndarray) and not np.all(np.isfinite(tree)):
-        msg = f"{where}: {what} holds non-finite values; the file is damaged"
-        raise ValueError(msg)
-
-
-def _to_jax(tree: Any) -> Any:
-    if isinstance(tree, Mapping):
-        return {k: _to_jax(v) for k, v in tree.items()}
-    return jnp.asarray(tree)
-
-
 def preprocessors_of(data: Any, outputs: Mapping[str, Any], call: str) -> dict:
     """The preprocessors of ``data``'s outputs that the model has."""
     if not isinstance(data, PolluxData):
@@ -329,3 +272,15 @@ def preprocessors_of(data: Any, outputs: Mapping[str, Any], call: str) -> dict:
         )
         raise ValueError(msg)
     return out
+
+
+def model_file_info(path: Any) -> dict[str, Any]:
+    """The manifest of a model file without its arrays (no JAX work at all).
+
+    Lets a program decide, e.g., to enable double precision before `pollux.load`.
+    """
+    return {
+        k: v
+        for k, v in read_manifest(path, "pollux.model_file_info").items()
+        if k != "arrays"
+    }

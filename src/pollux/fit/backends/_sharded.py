@@ -24,8 +24,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ..core import em, posterior
-from ..core.problem import EMProblem
+from ...core import em, posterior
+from ...core.problem import EMProblem
 
 __all__ = [
     "AXIS",

@@ -36,8 +36,9 @@ from .._params import SCATTER, without_latents
 from ..core.blocks import Block
 from ..core.sstep import s_step
 from ..data import PolluxData
-from ._checks import check_data, check_params
-from ._heldout import (
+from ._results import FitResult
+from .checks import check_data, check_params
+from .heldout import (
     HeldOutPredictions,
     check_folds,
     check_given,
@@ -48,10 +49,9 @@ from ._heldout import (
     settings_keywords,
     targets_of,
 )
-from ._results import FitResult
 
 if TYPE_CHECKING:
-    from .lux import LuxModel
+    from ._protocol import Model
 
 __all__ = ["calibrate", "max_likelihood_scatter"]
 
@@ -150,7 +150,7 @@ def _calibrate_output(
 
 
 def calibrate(
-    model: LuxModel,
+    model: Model,
     data: PolluxData,
     result: FitResult,
     *,

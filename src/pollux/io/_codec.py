@@ -16,7 +16,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from ..data import AbstractPreprocessor, NullPreprocessor, ShiftScalePreprocessor
-from .transforms import (
+from ..transforms import (
     AbstractTransform,
     AffineTransform,
     LinearTransform,
