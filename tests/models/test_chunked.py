@@ -33,7 +33,7 @@ from test_fit import (  # noqa: E402
 )
 
 import pollux as plx  # noqa: E402
-from pollux.fit import _em as fit_driver  # noqa: E402
+from pollux.fit import _sizes as fit_driver  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
 RTOL_FIT = 1e-7

@@ -135,39 +135,46 @@ def test_local_scheduler_matches_memory(make, config):
 class TestCluster:
     def test_matches_memory_and_moves_only_sums(self, client):
         model, data = _gamma_model(), _data()
-        ref = _outcome(model, data, model.fit(data, **SWEEPS))
-        for key in _dask.TRAFFIC:
-            _dask.TRAFFIC[key] = 0
+        in_memory = model.fit(data, **SWEEPS)
+        ref = _outcome(model, data, in_memory)
         fit = model.fit(_lazy(data, rows=7), **SWEEPS)  # 6 chunks on 2 workers
         _assert_same(ref, _outcome(model, data, fit))
+        assert fit.stats["backend"] == "dask" and fit.stats["workers"] == 2
+        assert in_memory.stats == {"backend": "local", "devices": 1}
         # Per pass: the parameters to each worker, one set of sums from each (the
         # chunks are summed where they are); never the data (40 × 8 × 2 floats).
-        per_pass = _dask.TRAFFIC["received"] / _dask.TRAFFIC["passes"]
+        per_pass = fit.stats["bytes_received"] / fit.stats["passes"]
         stats_size = 8 * sum(d * (2 + 2 + 1) ** 2 for d in (6, 2))  # generous bound
         assert per_pass <= 2 * stats_size
 
-    def test_fit_survives_a_killed_worker(self, client):
+    def test_fit_survives_a_killed_worker(self, client, monkeypatch):
         model, data = _model(*CONFIGS["scatter"]), _data()
         lazy = _lazy(data, rows=7)
         settings = dict(SWEEPS, max_iter=30)
         undisturbed = _outcome(model, data, model.fit(lazy, **settings))
-        for key in _dask.TRAFFIC:
-            _dask.TRAFFIC[key] = 0
+        passes = {"run": 0}
+        run = _dask.Runner.run
+
+        def counted(self, *args, **kwargs):  # the passes of this fit, as they run
+            passes["run"] += 1
+            return run(self, *args, **kwargs)
+
+        monkeypatch.setattr(_dask.Runner, "run", counted)
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
         killed = {}
 
         def kill_half_way():
-            while _dask.TRAFFIC["passes"] < 30:  # ~15 of the 30 sweeps
+            while passes["run"] < 30:  # ~15 of the 30 sweeps
                 time.sleep(0.005)
-            killed["at"] = _dask.TRAFFIC["passes"]
+            killed["at"] = passes["run"]
             os.kill(pids[victim], signal.SIGKILL)
 
         killer = threading.Thread(target=kill_half_way, daemon=True)
         killer.start()
         fit = model.fit(lazy, **settings)
         killer.join(timeout=60)
-        assert killed and killed["at"] < _dask.TRAFFIC["passes"]  # during the fit
+        assert killed and killed["at"] < fit.stats["passes"]  # during the fit
         assert pids[victim] not in client.run(os.getpid).values()  # it did die
         # Dask recomputed the lost chunks (in the same groups, now on the other
         # worker): the same sums up to rounding (seen: 3e-10 relative after 30 sweeps).

@@ -20,7 +20,7 @@ from test_fit import CONFIGS, N, _data, _fixed, _model  # noqa: E402
 from pollux.core import em, pca, posterior  # noqa: E402
 from pollux.core.blocks import count_observed  # noqa: E402
 from pollux.data import OutputData, PolluxData  # noqa: E402
-from pollux.fit import _em as _fit  # noqa: E402
+from pollux.fit import _sizes as _fit  # noqa: E402
 
 PROGRAMS = (
     em.em_chunk,

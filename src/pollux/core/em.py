@@ -64,13 +64,17 @@ from .sstep import (
 )
 
 __all__ = [
+    "InMemory",
     "em_chunk",
     "em_iteration",
     "final_state",
     "initialize",
     "positive_scatter",
     "run_until_settled",
+    "s_steps_with",
+    "squarem_cycle",
     "squarem_point",
+    "sweep_with",
 ]
 
 Params = tuple[dict[str, Array], ...]
@@ -300,22 +304,64 @@ def s_finish(
     return tuple(new)
 
 
-def _s_steps(
+class InMemory(NamedTuple):
+    """The passes of a sweep over the blocks of ``problem`` (inside a compiled
+    program). Another source of passes — Dask chunks on workers
+    (`pollux.fit.backends`) — provides the same three methods and a ``host``
+    that compiles the small steps run between them."""
+
+    problem: EMProblem
+
+    @staticmethod
+    def host(fn: Any) -> Any:
+        """The steps between passes: traced into the surrounding program."""
+        return fn
+
+    def posterior(self, params: Params) -> tuple[Array, Any, Any]:
+        """Pass A: the data term of the objective, the M-step statistics and
+        what the later passes need of the posterior."""
+        a = posterior_pass(self.problem, params)
+        return a.nll, a.stats, (a.mean, a.cov)
+
+    def s_sums(self, params: Params, kept: Any, t0: dict[int, Array]):
+        """Pass B (`s_sum_pass`) for the posterior ``kept``."""
+        return s_sum_pass(self.problem, params, *kept, t0)
+
+    def s_values(self, params: Params, kept: Any, cands: dict):
+        """Pass C (`s_value_pass`) for the posterior ``kept``."""
+        return s_value_pass(self.problem, params, *kept, cands)
+
+
+def s_steps_with(
+    passes: Any,
     problem: EMProblem,
     floors: tuple[Array | None, ...],
     params: Params,
-    mean: Float[Array, "n k"],
-    cov: Float[Array, "n k k"] | None,
+    kept: Any,
 ) -> Params:
-    """The s-step of every output with a free scatter, for the posterior
-    ``(mean, cov)`` and the new ``(W, b)`` in ``params`` (passes B and C)."""
+    """The s-step of every output with a free scatter, for the posterior ``kept``
+    of pass A and the new ``(W, b)`` in ``params`` (passes B and C of
+    ``passes``)."""
     if not free_scatter(problem):
         return params
-    t0 = s_start(problem, floors, params)
-    sums = s_sum_pass(problem, params, mean, cov, t0)
-    cands = s_newton(problem, floors, sums, t0)
-    values = s_value_pass(problem, params, mean, cov, cands) if cands else {}
-    return s_finish(problem, floors, params, t0, sums, cands, values)
+    host = passes.host
+    t0 = host(s_start)(problem, floors, params)
+    sums = passes.s_sums(params, kept, t0)
+    cands = host(s_newton)(problem, floors, sums, t0)
+    values = passes.s_values(params, kept, cands) if cands else {}
+    return host(s_finish)(problem, floors, params, t0, sums, cands, values)
+
+
+def sweep_with(
+    passes: Any, problem: EMProblem, floors: tuple[Array | None, ...], params: Params
+) -> tuple[Params, Array]:
+    """One EM sweep over the data of ``passes``: the new parameters and the
+    objective at the old ones."""
+    host = passes.host
+    nll, stats, kept = passes.posterior(params)
+    loss = nll + host(neg_log_prior)(problem, params)
+    new = host(m_solve)(problem, params, stats)
+    return s_steps_with(passes, problem, floors, new, kept), loss
 
 
 def floor_sums(problem: EMProblem) -> dict[int, tuple[Array, Array]]:
@@ -372,11 +418,8 @@ def m_solve(problem: EMProblem, params: Params, stats) -> Params:
 def _sweep(
     problem: EMProblem, floors: tuple[Array | None, ...], params: Params
 ) -> tuple[Params, Array]:
-    """One EM sweep: the new parameters and the objective at the old ones."""
-    a = posterior_pass(problem, params)
-    loss = a.nll + neg_log_prior(problem, params)
-    new = m_solve(problem, params, a.stats)
-    return _s_steps(problem, floors, new, a.mean, a.cov), loss
+    """One EM sweep over the blocks of ``problem``."""
+    return sweep_with(InMemory(problem), problem, floors, params)
 
 
 def em_iteration(problem: EMProblem, params: Params) -> tuple[Params, Array]:
@@ -407,8 +450,8 @@ def _select(pred: Array, a: Any, b: Any) -> Any:
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
-def _squarem_cycle(
-    problem: EMProblem, floors: tuple[Array | None, ...], params: Params
+def squarem_cycle(
+    sweep: Any, params: Params, *, traced: bool = True
 ) -> tuple[Params, Array]:
     """EM steps with a squared extrapolation (SQUAREM, Varadhan & Roland 2008).
 
@@ -417,15 +460,17 @@ def _squarem_cycle(
     at ``M(p')`` when the objective at ``p'`` is no worse than at ``p1``, else at
     ``p2`` (plain EM); either way the objective never increases.
 
-    The three sweeps are one loop over a single traced sweep, whose input is
-    ``p0``, ``p1`` or the extrapolated point.
+    ``sweep(params) -> (new, loss)`` is `M`. Traced, the three sweeps are one loop
+    over a single traced sweep, whose input is ``p0``, ``p1`` or the extrapolated
+    point; ``traced=False`` runs the same steps from the host (sweeps whose passes
+    run elsewhere, e.g. on Dask workers).
     """
 
     def body(i, carry):
         p1, p2, p3, losses = carry
         extrap = positive_scatter(squarem_point(params, p1, p2))
         x = _select(i == 0, params, _select(i == 1, p1, extrap))
-        new, loss = _sweep(problem, floors, x)
+        new, loss = sweep(x)
         return (
             _select(i == 0, new, p1),
             _select(i == 1, new, p2),
@@ -433,8 +478,14 @@ def _squarem_cycle(
             losses.at[i].set(loss),
         )
 
-    losses = jnp.zeros(3, problem.blocks[0].values.dtype)
-    _, p2, p3, losses = jax.lax.fori_loop(0, 3, body, (params, params, params, losses))
+    dtype = jax.tree.leaves(params)[0].dtype
+    carry = (params, params, params, jnp.zeros(3, dtype))
+    if traced:
+        carry = jax.lax.fori_loop(0, 3, body, carry)
+    else:
+        for i in range(3):
+            carry = body(i, carry)
+    _, p2, p3, losses = carry
     ok = jnp.isfinite(losses[2]) & (losses[2] <= losses[1])
     return _select(ok, p3, p2), losses[0]
 
@@ -446,9 +497,12 @@ def run_until_settled(
     threshold: Array,
     max_steps: Array,
     n_steps: int,
+    *,
+    traced: bool = True,
 ) -> tuple[Any, Float[Array, " n_steps"], Array, Array]:
     """``state, loss = step(state)`` in a ``while_loop`` until a step changes the
-    objective by at most ``threshold`` or ``min(max_steps, n_steps)`` steps ran.
+    objective by at most ``threshold`` or ``min(max_steps, n_steps)`` steps ran
+    (``traced=False``: the same loop run from the host).
 
     Returns the state, the objective of each step (NaN past the last), the number
     of steps and whether the objective settled.
@@ -466,7 +520,13 @@ def run_until_settled(
         return i + 1, new, losses.at[i].set(loss), loss, done
 
     init = (0, state, losses0, prev_loss, jnp.asarray(False))
-    n, state, losses, _, done = jax.lax.while_loop(cond, body, init)
+    if traced:
+        n, state, losses, _, done = jax.lax.while_loop(cond, body, init)
+    else:
+        carry = init
+        while bool(cond(carry)):
+            carry = body(carry)
+        n, state, losses, _, done = carry
     return state, losses, n, done
 
 
@@ -487,9 +547,9 @@ def em_chunk(
     Returns the parameters, the objective at the start of each iteration (NaN past
     the last), the number of iterations run and whether it converged.
     """
-    iteration = _squarem_cycle if accelerate else _sweep
+    sweep = partial(_sweep, problem, _floors(problem))
     return run_until_settled(
-        partial(iteration, problem, _floors(problem)),
+        partial(squarem_cycle, sweep) if accelerate else sweep,
         params,
         prev_loss,
         threshold,
@@ -531,7 +591,7 @@ def initialize(
     on the given latents, then the scatter that its residuals call for."""
     a = posterior_pass(problem, params, latents=latents, unweighted=True)
     new = m_solve(problem, params, a.stats)
-    new = _s_steps(problem, _floors(problem), new, latents, None)
+    new = s_steps_with(InMemory(problem), problem, _floors(problem), new, (latents, None))
     return tuple(
         q if spec.A_free else p
         for spec, p, q in zip(problem.specs, params, new, strict=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import partial, reduce
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +12,7 @@ from jaxtyping import Array, Float
 from .blocks import Block
 from .chunks import Accumulator, fold_chunks, put_rows, take_block, take_rows
 
-__all__ = ["pca_latents"]
+__all__ = ["pca_latents", "pca_scores"]
 
 
 class _Centred:
@@ -21,6 +22,7 @@ class _Centred:
     def __init__(self, blocks: tuple[Block, ...], size: int):
         self.blocks, self.size = blocks, size
         self.n = blocks[0].values.shape[0]
+        self.d = sum(b.values.shape[1] for b in blocks)
         self.dtype = blocks[0].values.dtype
 
         def sums(start, valid, acc):
@@ -72,17 +74,32 @@ class _Centred:
         def body(start, valid, acc):  # rows not valid are zero in _x
             return acc.add(self._x(start, valid).T @ take_rows(q, start, self.size))
 
-        d = sum(b.values.shape[1] for b in self.blocks)
-        init = Accumulator.zeros(jnp.zeros((d, q.shape[1]), self.dtype))
+        init = Accumulator.zeros(jnp.zeros((self.d, q.shape[1]), self.dtype))
         return fold_chunks(body, self.n, self.size, init).total
 
 
-def _pca(x: _Centred, omega: Float[Array, "d r"]) -> Array:
+def pca_scores(x: Any, k: int) -> Float[Array, "n k"]:
+    """The randomized PCA of `pca_latents` from products with the centred data.
+
+    ``x`` has ``n``, ``d``, ``dtype``, ``n_seen`` (stars with data) and the
+    products ``matmul(v) = X v`` and ``rmatmul(q) = Xᵀ q``: computed in chunks
+    here, or on the chunks of Dask arrays (`pollux.fit.backends`), so that both
+    start from the same latents. Its QR and SVD calls (LAPACK) each take one
+    matrix and run one after another, which jaxlib 0.10 handles safely (unlike
+    concurrent batched calls: see `pollux.core.linalg`).
+    """
+    n, d = x.n, x.d
+    r = min(k + 8, d, n)
+    omega = jax.random.normal(jax.random.PRNGKey(0), (d, r), x.dtype)
     q, _ = jnp.linalg.qr(x.matmul(omega))
     for _ in range(2):  # power iterations sharpen the leading subspace
         q, _ = jnp.linalg.qr(x.matmul(x.rmatmul(q)))
     u_small, _, _ = jnp.linalg.svd(x.rmatmul(q).T, full_matrices=False)
-    return q @ u_small
+    z = (q @ u_small)[:, : min(k, r)] * jnp.sqrt(x.n_seen)
+    if z.shape[1] < k:  # fewer data dimensions than latents: small fixed noise
+        extra = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (n, k - z.shape[1]))
+        z = jnp.concatenate([z, extra.astype(z.dtype)], axis=1)
+    return z
 
 
 @partial(jax.jit, static_argnames=("k", "chunk_size"))
@@ -94,20 +111,9 @@ def pca_latents(
     column mean; stars without any observed value, such as padding, do not count
     in that variance).
 
-    Uses a randomized range finder with a fixed key: ``O(n d k)``, reproducible;
-    the data are read ``chunk_size`` stars at a time (None: all at once). Its QR
-    and SVD calls (LAPACK) each take one matrix and run one after another, which
-    jaxlib 0.10 handles safely (unlike concurrent batched calls: see
-    `pollux.core.linalg`).
+    Uses a randomized range finder with a fixed key (`pca_scores`): ``O(n d k)``,
+    reproducible; the data are read ``chunk_size`` stars at a time (None: all at
+    once).
     """
     n = blocks[0].values.shape[0]
-    x = _Centred(blocks, n if chunk_size is None else min(chunk_size, n))
-    d = sum(b.values.shape[1] for b in blocks)
-    r = min(k + 8, d, n)
-    omega = jax.random.normal(jax.random.PRNGKey(0), (d, r), x.dtype)
-    u = _pca(x, omega)[:, : min(k, r)]
-    z = u * jnp.sqrt(x.n_seen)
-    if z.shape[1] < k:  # fewer data dimensions than latents: small fixed noise
-        extra = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (n, k - z.shape[1]))
-        z = jnp.concatenate([z, extra.astype(z.dtype)], axis=1)
-    return z
+    return pca_scores(_Centred(blocks, n if chunk_size is None else min(chunk_size, n)), k)

@@ -5,8 +5,9 @@ The drivers take any object with a ``latent_size`` and ``outputs`` (`Model`);
 """
 
 from ._calibrate import calibrate
-from ._em import fit_em, infer_latents, predict
+from ._em import fit_em
 from ._optimize import optimize_map
+from ._posterior import infer_latents, predict
 from ._protocol import Definition, Model, RefittableModel
 from ._results import FitResult, LatentPosterior
 

@@ -72,6 +72,12 @@ class FitResult(eqx.Module):
         parameters), so that a refit (e.g. `LuxModel.calibrate`) can repeat it.
     calibration
         Empty for a plain fit; `LuxModel.calibrate` records here what it changed.
+    stats
+        What the fit ran on and what it cost there: ``backend`` (``"local"``,
+        ``"sharded"`` or ``"dask"``), ``devices``; for Dask data ``workers``
+        (groups of chunks), ``passes`` over the data, and the ``bytes_sent``
+        (parameters) and ``bytes_received`` (sums) by the client. Not stored in
+        model files.
     """
 
     params: dict[str, Any]
@@ -82,3 +88,4 @@ class FitResult(eqx.Module):
     param_cov: dict[str, Any] = eqx.field(default_factory=dict)
     settings: dict[str, Any] = eqx.field(default_factory=dict, static=True)
     calibration: dict[str, Any] = eqx.field(default_factory=dict, static=True)
+    stats: dict[str, Any] = eqx.field(default_factory=dict, static=True)

@@ -29,6 +29,7 @@ memory: ``N × K²`` numbers). The workers get the client's ``jax_enable_x64``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -41,25 +42,14 @@ from ..._params import LATENTS
 from ...core import em, posterior
 from ...core.blocks import Block, count_observed
 from ...core.chunks import pad_block, pad_rows
+from ...core.pca import pca_scores
 from ...core.problem import EMProblem
 from ...data.values import is_lazy
+from .._sizes import chunk_size_for
 from ..checks import check_output, read_block
+from ._base import Backend, Final, Prepared
 
-__all__ = [
-    "TRAFFIC",
-    "Chunk",
-    "DaskEM",
-    "Runner",
-    "chunks_of",
-    "fit_dask",
-    "is_lazy_data",
-    "posterior_dask",
-    "predictive_dask",
-]
-
-#: Bytes of parameters sent and of sums received by the client, summed over the
-#: passes of the last Dask fit (a benchmark reads them).
-TRAFFIC = {"sent": 0, "received": 0, "passes": 0}
+__all__ = ["Chunk", "Dask", "DaskPasses", "Runner", "chunks_of", "is_lazy_data"]
 
 
 def is_lazy_data(data, names: Sequence[str]) -> bool:
@@ -129,6 +119,9 @@ class Runner:
 
     def __init__(self, parts: list, client: Any = None):
         self.client = client
+        #: Bytes of parameters sent and of sums received by the client, and
+        #: the passes run (`FitResult.stats` of a Dask fit).
+        self.traffic = {"bytes_sent": 0, "bytes_received": 0, "passes": 0}
         if client is None:
             self.parts = parts
             self.groups = [(None, [i]) for i in range(len(parts))]
@@ -190,9 +183,9 @@ class Runner:
         total = sums[0]
         for s in sums[1:]:
             total = jax.tree.map(operator.add, total, s)
-        TRAFFIC["sent"] += _nbytes(args) * len(self.groups)
-        TRAFFIC["received"] += _nbytes(sums)
-        TRAFFIC["passes"] += 1
+        self.traffic["bytes_sent"] += _nbytes(args) * len(self.groups)
+        self.traffic["bytes_received"] += _nbytes(sums)
+        self.traffic["passes"] += 1
         return total, results
 
     def collect(self, states: list) -> list:
@@ -286,38 +279,27 @@ def _w_fixed_latents(chunk: Chunk, state):
 # ----------------------------------------------------------------------------------
 # The fit (on the client)
 # ----------------------------------------------------------------------------------
-# The client's small steps, compiled (their loops would be traced on every call).
-_m_solve = jax.jit(em.m_solve)
-_s_start = jax.jit(em.s_start)
-_s_newton = jax.jit(em.s_newton)
-_s_finish = jax.jit(em.s_finish)
-_floors_from_sums = jax.jit(em.floors_from_sums)
-_neg_log_prior = jax.jit(em.neg_log_prior)
-
-
-@jax.jit
-def _extrapolate(p0, p1, p2):
-    return em.positive_scatter(em.squarem_point(p0, p1, p2))
-
-
 _row_covariances = jax.jit(em.row_covs)
 
 
-def _pca_latents(runner: Runner, rows: list[int], k: int, d: int, dtype) -> list:
-    """`pollux.core.pca.pca_latents` of the chunks: the same randomized range
-    finder and power iterations, the products with the data done per chunk and
-    the small QR and SVD steps on the client, on the ``(N, K + 8)`` products
-    (gathered three times; the data never move). The latents of each chunk are
-    returned as states of the runner."""
-    (sums, counts, n_seen), _ = runner.run(_w_pca_means)
-    means = (sums / np.maximum(counts, 1)).astype(dtype)
-    n = sum(rows)
-    r = min(k + 8, d, n)
-    bounds = np.concatenate([[0], np.cumsum(rows)])
+class _Centred:
+    """Products with the mean-centred outputs of the chunks for
+    `pollux.core.pca.pca_scores`: the products run per chunk, the small QR and
+    SVD steps on the client, on the gathered ``(N, K + 8)`` products (the data
+    never move). The same start as in memory."""
 
-    def split(x):
-        """Per group: the rows of ``x`` of each of its chunks (padded)."""
-        pad = max(rows)
+    def __init__(self, runner: Runner, rows: list[int], d: int, dtype):
+        (sums, counts, n_seen), _ = runner.run(_w_pca_means)
+        self.runner, self.rows, self.d, self.dtype = runner, rows, d, dtype
+        self.means = (sums / np.maximum(counts, 1)).astype(dtype)
+        self.n = sum(rows)
+        self.n_seen = max(int(n_seen), 1)
+        self.bounds = np.concatenate([[0], np.cumsum(rows)])
+
+    def split(self, x: np.ndarray) -> list:
+        """Per group of the runner: the rows of ``x`` of each of its chunks
+        (padded), as states of the runner."""
+        pad, rows, bounds = max(self.rows), self.rows, self.bounds
         return [
             (
                 None,
@@ -326,108 +308,73 @@ def _pca_latents(runner: Runner, rows: list[int], k: int, d: int, dtype) -> list
                     for i in idx
                 ],
             )
-            for _, idx in runner.groups
+            for _, idx in self.runner.groups
         ]
 
-    def product(v):
-        _, states = runner.run(_w_pca_product, means, v)
-        kept = runner.collect(states)
-        y = np.concatenate([y[:m] for y, m in zip(kept, rows, strict=True)])
-        return jnp.linalg.qr(jnp.asarray(y))[0]
+    def matmul(self, v):
+        _, states = self.runner.run(_w_pca_product, self.means, np.asarray(v))
+        kept = self.runner.collect(states)
+        return jnp.asarray(
+            np.concatenate([y[:m] for y, m in zip(kept, self.rows, strict=True)])
+        )
 
-    def project(q):
-        total, _ = runner.run(_w_pca_project, means, states=split(np.asarray(q)))
+    def rmatmul(self, q):
+        total, _ = self.runner.run(
+            _w_pca_project, self.means, states=self.split(np.asarray(q))
+        )
         return jnp.asarray(total)
 
-    q = product(np.asarray(jax.random.normal(jax.random.PRNGKey(0), (d, r), dtype)))
-    for _ in range(2):  # power iterations
-        q = product(np.asarray(project(q)))
-    u_small, _, _ = jnp.linalg.svd(project(q).T, full_matrices=False)
-    z = (q @ u_small)[:, : min(k, r)] * jnp.sqrt(max(int(n_seen), 1))
-    if z.shape[1] < k:  # fewer data dimensions than latents: as pca_latents
-        extra = 0.1 * jax.random.normal(jax.random.PRNGKey(1), (n, k - z.shape[1]))
-        z = jnp.concatenate([z, extra.astype(z.dtype)], axis=1)
-    return split(np.asarray(z, dtype))
+
+@functools.cache
+def _host(fn: Callable) -> Callable:
+    """A client step between passes, compiled once (traced eagerly, its loops
+    would be traced again at every call)."""
+    return jax.jit(fn)
 
 
-def _s_steps(runner, problem, floors, params, post_states) -> tuple:
-    """The s-step of every free scatter (passes B and C over the chunks)."""
-    if not em.free_scatter(problem):
-        return params
-    t0 = _s_start(problem, floors, params)
-    sums, _ = runner.run(_w_s_sums, problem, params, t0, states=post_states)
-    cands = _s_newton(problem, floors, sums, t0)
-    values = {}
-    if cands:
-        values, _ = runner.run(_w_s_values, problem, params, cands, states=post_states)
-    return _s_finish(problem, floors, params, t0, sums, cands, values)
+class DaskPasses:
+    """The passes of `pollux.core.em.sweep_with` over the chunks of a `Runner`
+    (``problem.blocks`` hold no stars: they give the shapes and dtype); the
+    sums come back to the client, which runs the steps between passes."""
 
-
-class DaskEM:
-    """EM sweeps of an `EMProblem` whose data are the chunks of a `Runner`
-    (``problem.blocks`` hold no stars: they give the shapes and dtype)."""
+    host = staticmethod(_host)
 
     def __init__(self, runner: Runner, problem: EMProblem):
         self.runner, self.problem = runner, problem
         (n_obs, floor_sums), _ = runner.run(_w_constants, problem)
         self.n_obs = float(n_obs)
-        self.floors = _floors_from_sums(problem, floor_sums)
+        self.floors = _host(em.floors_from_sums)(problem, floor_sums)
+
+    def posterior(self, params: tuple):
+        """Pass A; the posterior stays on the workers (states of the runner)."""
+        (nll, stats), states = self.runner.run(_w_pass_a, self.problem, params)
+        return nll, stats, states
+
+    def s_sums(self, params: tuple, kept: list, t0: dict):
+        sums, _ = self.runner.run(_w_s_sums, self.problem, params, t0, states=kept)
+        return sums
+
+    def s_values(self, params: tuple, kept: list, cands: dict):
+        values, _ = self.runner.run(
+            _w_s_values, self.problem, params, cands, states=kept
+        )
+        return values
+
+    def sweep(self, params: tuple):
+        """One EM sweep, as the compiled one (`pollux.core.em.sweep_with`)."""
+        return em.sweep_with(self, self.problem, self.floors, params)
 
     def initialize(self, params: tuple, latent_states: list) -> tuple:
         """`pollux.core.em.initialize` on the chunks (latents kept per chunk)."""
         stats, states = self.runner.run(
             _w_start_a, self.problem, params, states=latent_states
         )
-        new = _m_solve(self.problem, params, stats)
-        new = _s_steps(self.runner, self.problem, self.floors, new, states)
+        new = _host(em.m_solve)(self.problem, params, stats)
+        new = em.s_steps_with(self, self.problem, self.floors, new, states)
         return tuple(
             q if spec.A_free else p
             for spec, p, q in zip(self.problem.specs, params, new, strict=True)
         )
-
-    def pass_a(self, params: tuple):
-        """Pass A: ``(objective, stats, posterior states)`` at ``params``."""
-        (nll, stats), states = self.runner.run(_w_pass_a, self.problem, params)
-        return nll + _neg_log_prior(self.problem, params), stats, states
-
-    def sweep(self, params: tuple) -> tuple[tuple, Any]:
-        """One EM sweep: the new parameters and the objective at ``params``."""
-        loss, stats, states = self.pass_a(params)
-        new = _m_solve(self.problem, params, stats)
-        return _s_steps(self.runner, self.problem, self.floors, new, states), loss
-
-    def squarem(self, params: tuple) -> tuple[tuple, Any]:
-        """One SQUAREM cycle, as `pollux.core.em`'s compiled one."""
-        p1, loss0 = self.sweep(params)
-        p2, loss1 = self.sweep(p1)
-        extrap = _extrapolate(params, p1, p2)
-        p3, loss2 = self.sweep(extrap)
-        ok = bool(np.isfinite(loss2) & (loss2 <= loss1))
-        return (p3 if ok else p2), loss0
-
-    def chunk(self, accelerate: bool):
-        """A ``chunk(params, prev_loss, threshold, max_steps)`` for `_fit._run`
-        that runs one iteration (the client sees every iteration anyway) and
-        stops as `pollux.core.em.run_until_settled` does."""
-        step = self.squarem if accelerate else self.sweep
-
-        def run(params, prev, threshold, max_steps):
-            params, loss = step(params)
-            return (
-                params,
-                np.asarray(loss)[None],
-                1,
-                bool(abs(prev - loss) <= threshold),
-            )
-
-        return run
-
-    def final(self, params: tuple):
-        """Objective, posterior means and covariances (numpy, every star) and
-        the row covariances of each output at ``params``."""
-        loss, stats, states = self.pass_a(params)
-        row_covs = _row_covariances(self.problem, stats, params)
-        return loss, self.runner.collect(states), row_covs
 
 
 def chunks_of(
@@ -476,7 +423,7 @@ def chunks_of(
     return parts, list(rows)
 
 
-def _client() -> Any:
+def client() -> Any:
     """The default `dask.distributed` client (its workers set to the client's
     ``jax_enable_x64``), or None."""
     from distributed import default_client
@@ -491,66 +438,6 @@ def _client() -> Any:
     return client
 
 
-def fit_dask(
-    model,
-    data,
-    names: tuple[str, ...],
-    fixed: dict,
-    *,
-    problem_for: Callable,
-    run: Callable,
-    accelerate: bool,
-    call: str,
-) -> tuple:
-    """The affine fit of Dask-backed ``data`` on the chunks of its arrays (the
-    default distributed client's workers, if there is one).
-
-    ``problem_for(blocks, rows)`` builds the `EMProblem` (of blocks without
-    stars, chunks of ``rows`` stars) and the start parameters; ``run(chunk,
-    params, n_obs, start)`` runs the iterations (``start()`` gives the start
-    parameters unless a checkpoint holds them) and returns ``(params, losses,
-    n_iter, converged)``. Returns that, the final objective, the posterior means
-    and covariances of all stars (numpy), the row covariances and the problem.
-    """
-    for key in TRAFFIC:
-        TRAFFIC[key] = 0
-    parts, rows = chunks_of(data, names, model, fixed, call)
-    runner = Runner(parts, _client())
-    dtype = data[names[0]].data.dtype
-    empty = tuple(
-        Block(jnp.zeros((0, model.outputs[name].output_size), dtype), None)
-        for name in names
-    )
-    problem, params = problem_for(empty, max(rows))
-    dask_em = DaskEM(runner, problem)
-    k = model.latent_size
-
-    def start():
-        if not any(s.A_free for s in problem.specs):
-            return params
-        if LATENTS in fixed:
-            _, latents = runner.run(_w_fixed_latents)
-        else:
-            d = sum(b.values.shape[1] for b in empty)
-            latents = _pca_latents(runner, rows, k, d, dtype)
-        return dask_em.initialize(params, latents)
-
-    out = run(dask_em.chunk(accelerate), params, dask_em.n_obs, start)
-    params = out[0]
-    loss, kept, row_covs = dask_em.final(params)
-    n = sum(rows)
-    mean = np.concatenate(
-        [np.asarray(m)[:r] for (m, _), r in zip(kept, rows, strict=True)]
-    )
-    if LATENTS in fixed:
-        cov = np.zeros((n, k, k), dtype)
-    else:
-        cov = np.concatenate(
-            [np.asarray(c)[:r] for (_, c), r in zip(kept, rows, strict=True)]
-        )
-    return out, loss, mean, cov, row_covs, problem
-
-
 # ----------------------------------------------------------------------------------
 # Posteriors and predictions of Dask-backed data: Dask arrays, chunk by chunk
 # ----------------------------------------------------------------------------------
@@ -559,52 +446,146 @@ def _moments(chunk: Chunk, affine: tuple, size: int) -> tuple[np.ndarray, np.nda
     return np.asarray(mean)[: chunk.n], np.asarray(cov)[: chunk.n]
 
 
-def posterior_dask(
-    model, data, names: Sequence[str], params: dict, affine: tuple, size_for, call: str
-) -> tuple[Any, Any]:
-    """Posterior means ``(N, K)`` and covariances ``(N, K, K)`` of Dask-backed
-    ``data`` as Dask arrays with the data's chunks of stars (computed on demand,
-    where the data are)."""
-    import dask
-    import dask.array as da
-
-    parts, rows = chunks_of(data, names, model, params, call)
-    _client()  # the workers that will compute the arrays use the client's dtype
-    k, dtype = model.latent_size, np.dtype(data[names[0]].data.dtype)
-    size = size_for(max(rows))
-    affine = jax.device_get(affine)
-    means, covs = [], []
-    for part, r in zip(parts, rows, strict=True):
-        mean, cov = dask.delayed(_moments, nout=2, pure=True)(part, affine, size)
-        means.append(da.from_delayed(mean, (r, k), dtype))
-        covs.append(da.from_delayed(cov, (r, k, k), dtype))
-    return da.concatenate(means), da.concatenate(covs)
-
-
 def _predictive(mean, cov, W, b, s2, row_cov, size) -> np.ndarray:
     mu, err = posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=size)
     return np.stack([np.asarray(mu), np.asarray(err)])
 
 
-def predictive_dask(mean, cov, W, b, s2, row_cov, size_for) -> tuple[Any, Any]:
-    """Predictive means and errors ``(N, D)`` of one output, as Dask arrays
-    chunked like the posterior ``mean`` (a Dask array)."""
-    import dask
-    import dask.array as da
+# ----------------------------------------------------------------------------------
+# The back-end
+# ----------------------------------------------------------------------------------
+class Dask(Backend):
+    """The stars in the chunks of Dask arrays: on the workers of ``client`` (a
+    `dask.distributed.Client`), or computed by Dask's local scheduler (None)."""
 
-    rows = mean.chunks[0]
-    means = mean.rechunk((rows, -1)).to_delayed().ravel()
-    covs = cov.rechunk((rows, -1, -1)).to_delayed().ravel()
-    d, size = W.shape[0], size_for(max(rows))
-    fixed = jax.device_get((W, b, s2, row_cov))
-    _client()  # the workers that will compute the arrays use the client's dtype
-    out = [
-        da.from_delayed(
-            dask.delayed(_predictive, pure=True)(m, c, *fixed, size),
-            (2, r, d),
-            mean.dtype,
+    name = "dask"
+
+    def __init__(self, client: Any = None):
+        self.client = client
+
+    def prepare(self, plan, model, data, problem_for) -> Prepared:
+        parts, rows = chunks_of(data, plan.names, model, plan.fixed, plan.call)
+        runner = Runner(parts, self.client)
+        empty = tuple(
+            Block(jnp.zeros((0, model.outputs[name].output_size), plan.dtype), None)
+            for name in plan.names
         )
-        for m, c, r in zip(means, covs, rows, strict=True)
-    ]
-    both = da.concatenate(out, axis=1)
-    return both[0], both[1]
+        size = chunk_size_for(
+            plan.chunk_size,
+            max(rows),
+            (b.values.shape[1] for b in empty),
+            plan.k,
+            plan.dtype,
+        )
+        problem, params = problem_for(empty, size, None)
+        passes = DaskPasses(runner, problem)
+        return Prepared(
+            problem=problem,
+            params=params,
+            n_obs=passes.n_obs,
+            n_stars=sum(rows),
+            state=(passes, rows, LATENTS in plan.fixed, plan.k),
+        )
+
+    def start(self, prepared: Prepared) -> tuple:
+        passes, rows, fixed_latents, k = prepared.state
+        params = prepared.params
+        if not any(s.A_free for s in prepared.problem.specs):
+            return params
+        if fixed_latents:
+            _, latents = passes.runner.run(_w_fixed_latents)
+        else:
+            d = sum(b.values.shape[1] for b in prepared.problem.blocks)
+            x = _Centred(
+                passes.runner, rows, d, prepared.problem.blocks[0].values.dtype
+            )
+            latents = x.split(np.asarray(pca_scores(x, k)))
+        return passes.initialize(params, latents)
+
+    def sweeps(self, prepared: Prepared, n_steps: int, accelerate: bool):
+        """One iteration per call (the client sees every iteration anyway): the
+        compiled loop's SQUAREM cycle and stopping rule, run from the client."""
+        passes = prepared.state[0]
+        step = (
+            functools.partial(em.squarem_cycle, passes.sweep, traced=False)
+            if accelerate
+            else passes.sweep
+        )
+        return lambda params, prev, threshold, left: em.run_until_settled(
+            step, params, prev, threshold, left, 1, traced=False
+        )
+
+    def final(self, prepared: Prepared, params: tuple) -> Final:
+        passes, rows, fixed_latents, k = prepared.state
+        problem = prepared.problem
+        nll, stats, states = passes.posterior(params)
+        loss = nll + _host(em.neg_log_prior)(problem, params)
+        row_covs = _row_covariances(problem, stats, params)
+        kept = passes.runner.collect(states)
+        mean = np.concatenate(
+            [np.asarray(m)[:r] for (m, _), r in zip(kept, rows, strict=True)]
+        )
+        n = sum(rows)
+        if fixed_latents:
+            cov = np.zeros((n, k, k), mean.dtype)
+        else:
+            cov = np.concatenate(
+                [np.asarray(c)[:r] for (_, c), r in zip(kept, rows, strict=True)]
+            )
+        return Final(loss, mean, cov, row_covs)
+
+    def stats(self, prepared: Prepared) -> dict[str, Any]:
+        runner = prepared.state[0].runner
+        return {
+            "backend": self.name,
+            "workers": len(runner.groups),
+            **runner.traffic,
+        }
+
+    def posterior(self, plan, model, data, affine) -> tuple:
+        """Posterior means ``(N, K)`` and covariances ``(N, K, K)`` as Dask
+        arrays with the data's chunks of stars (computed on demand, where the
+        data are)."""
+        import dask
+        import dask.array as da
+
+        parts, rows = chunks_of(data, plan.names, model, plan.fixed, plan.call)
+        k, dtype = plan.k, np.dtype(plan.dtype)
+        widths = [model.outputs[name].output_size for name in plan.names]
+        size = chunk_size_for(plan.chunk_size, max(rows), widths, k, dtype)
+        affine = jax.device_get(affine)
+        means, covs = [], []
+        for part, r in zip(parts, rows, strict=True):
+            mean, cov = dask.delayed(_moments, nout=2, pure=True)(part, affine, size)
+            means.append(da.from_delayed(mean, (r, k), dtype))
+            covs.append(da.from_delayed(cov, (r, k, k), dtype))
+        return da.concatenate(means), da.concatenate(covs)
+
+    def predictive(self, plan, mean, cov, affine, row_covs) -> dict[str, tuple]:
+        """Predictive means and errors ``(N, D)`` of each output, as Dask arrays
+        chunked like the posterior ``mean`` (a Dask array)."""
+        import dask
+        import dask.array as da
+
+        rows = mean.chunks[0]
+        means = mean.rechunk((rows, -1)).to_delayed().ravel()
+        covs = cov.rechunk((rows, -1, -1)).to_delayed().ravel()
+        dtype = np.dtype(plan.dtype)
+        out = {}
+        for name, W, b, s2 in zip(plan.names, *affine, strict=True):
+            C = row_covs.get(name)
+            C = None if C is None else C.astype(dtype)
+            d = W.shape[0]
+            size = chunk_size_for(plan.chunk_size, max(rows), [d], plan.k, dtype)
+            fixed = jax.device_get((W, b, s2, C))
+            parts = [
+                da.from_delayed(
+                    dask.delayed(_predictive, pure=True)(m, c, *fixed, size),
+                    (2, r, d),
+                    mean.dtype,
+                )
+                for m, c, r in zip(means, covs, rows, strict=True)
+            ]
+            both = da.concatenate(parts, axis=1)
+            out[name] = (both[0], both[1])
+        return out
