@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .data import PolluxData
+from .fit.checks import check_data, resolve_names
 from .fit.heldout import (
     HeldOutPredictions,
     check_folds,
@@ -93,26 +94,11 @@ def _plan(
     names = kwargs.get("names")
     if names is None:
         names = tuple(n for n in model.outputs if n in data)
-    elif isinstance(names, str):
-        names = (names,)
-    names = tuple(names)
-    for name in names:
-        if name not in model.outputs:
-            msg = (
-                f"{call}(fit_kwargs['names']): {name!r} is not a registered output; "
-                f"registered outputs are {list(model.outputs)}"
-            )
-            raise ValueError(msg)
+    else:
+        names = resolve_names(model, names, call, arg="fit_kwargs['names']")
     targets = targets_of(names, given, call)
     check_outputs_in_data(data, (*given, *targets), call)
     return given, targets, kwargs
-
-
-def _check_data(data: Any, call: str) -> PolluxData:
-    if not isinstance(data, PolluxData):
-        msg = f"{call}(data=...): expected a PolluxData, got {type(data).__name__}"
-        raise TypeError(msg)
-    return data
 
 
 def held_out_predictions(
@@ -166,7 +152,7 @@ def held_out_predictions(
     """
     call = "held_out_predictions"
     model = _resolve_model(make_model, call)
-    data = _check_data(data, call)
+    data = check_data(data, call)
     given, targets, kwargs = _plan(model, data, given, fit_kwargs, call)
     folds = check_folds(folds, len(data), call, allow_fraction=True)
     seed = check_seed(seed, call)
@@ -355,7 +341,7 @@ def select_model(
         if not isinstance(name, str):
             msg = f"{call}(candidates=...): names must be strings, got {name!r}"
             raise TypeError(msg)
-    data = _check_data(data, call)
+    data = check_data(data, call)
     folds = check_folds(folds, len(data), call, allow_fraction=True)
     seed = check_seed(seed, call)
     models, plans = {}, {}

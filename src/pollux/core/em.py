@@ -591,7 +591,9 @@ def initialize(
     on the given latents, then the scatter that its residuals call for."""
     a = posterior_pass(problem, params, latents=latents, unweighted=True)
     new = m_solve(problem, params, a.stats)
-    new = s_steps_with(InMemory(problem), problem, _floors(problem), new, (latents, None))
+    new = s_steps_with(
+        InMemory(problem), problem, _floors(problem), new, (latents, None)
+    )
     return tuple(
         q if spec.A_free else p
         for spec, p, q in zip(problem.specs, params, new, strict=True)

@@ -116,4 +116,6 @@ def pca_latents(
     once).
     """
     n = blocks[0].values.shape[0]
-    return pca_scores(_Centred(blocks, n if chunk_size is None else min(chunk_size, n)), k)
+    return pca_scores(
+        _Centred(blocks, n if chunk_size is None else min(chunk_size, n)), k
+    )

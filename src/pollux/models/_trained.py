@@ -201,6 +201,33 @@ class TrainedModel:
         Labels
             Predictions in physical units, fit quality and flags per star.
         """
+        data, given, names = self._label_args(
+            data, given, names, extra_err, clip, chi2_limit
+        )
+        pred, posterior, resid, n_clipped = self._infer_clipped(
+            data.preprocess(), given, names, clip
+        )
+        reduced, n_obs, flags = self._fit_quality(
+            resid, n_clipped, posterior, chi2_limit
+        )
+        out = self._physical(pred, names, n_obs, flags)
+        reasons = tuple(
+            ",".join(k for k, bit in FLAGS.items() if f & bit) for f in flags.tolist()
+        )
+        return Labels(
+            predictions=PolluxData(**out),
+            posterior=posterior,
+            reduced_chi2=reduced,
+            n_observed=n_obs,
+            flags=flags,
+            reasons=reasons,
+            columns=dict(self.columns),
+            n_clipped=n_clipped,
+        )
+
+    def _label_args(self, data, given, names, extra_err, clip, chi2_limit):
+        """`label`'s arguments checked: the data with the stored preprocessors
+        (and ``extra_err``), the given outputs and those to predict."""
         call = "TrainedModel.label"
         if isinstance(data, PolluxData):
             data = self.data(**{k: v for k, v in data.items() if k in self.lux.outputs})
@@ -246,7 +273,12 @@ class TrainedModel:
                 f"{self.model.flux!r} only"
             )
             raise ValueError(msg)
-        pre = data.preprocess()
+        return data, given, names
+
+    def _infer_clipped(self, pre: PolluxData, given, names, clip):
+        """Predictions, posterior and normalised residuals of the given outputs,
+        inferring again without the values beyond ``clip`` (up to three times);
+        with the number of values left out per star."""
         n_clipped = np.zeros(len(pre), dtype=np.int64)
         for _ in range(4 if clip else 1):
             pred, posterior, z = self._infer(pre, given, names)
@@ -266,17 +298,27 @@ class TrainedModel:
                     for k, v in pre.items()
                 }
             )
+        return pred, posterior, resid, n_clipped
+
+    def _fit_quality(self, resid, n_clipped, posterior, chi2_limit):
+        """Reduced χ² of the given outputs, their observed count and the flags
+        of each star that the fit quality sets."""
         chi2 = sum(_chi2(r) for r in resid.values())
         n_obs = sum(np.isfinite(r).sum(1) for r in resid.values())
         k = self.lux.latent_size
         reduced = np.where(n_obs > 0, chi2 / np.maximum(n_obs - k, 1), np.nan)
-        flags = np.zeros(len(pre), dtype=np.int32)
+        flags = np.zeros(len(n_clipped), dtype=np.int32)
         flags |= _bits(n_obs == 0, "no_data")
         flags |= _bits(reduced > chi2_limit, "high_chi2")
         flags |= _bits(n_clipped > 0.05 * (n_obs + n_clipped), "many_outliers")
         if posterior is not None and posterior.multimodal is not None:
             multi = np.asarray(posterior.multimodal)
             flags |= _bits(multi, "multimodal")
+        return reduced, n_obs, flags
+
+    def _physical(self, pred: PolluxData, names, n_obs, flags) -> dict[str, OutputData]:
+        """Predictions in physical units; ``flags`` gains ``not_finite`` and
+        ``out_of_range`` (in place)."""
         out = {}
         for name in names:
             p = pred[name]
@@ -297,19 +339,7 @@ class TrainedModel:
                 outside = (values < rng["min"]) | (values > rng["max"])
                 flags |= _bits(outside.any(1), "out_of_range")
             out[name] = OutputData(values, err=err)
-        reasons = tuple(
-            ",".join(k for k, bit in FLAGS.items() if f & bit) for f in flags.tolist()
-        )
-        return Labels(
-            predictions=PolluxData(**out),
-            posterior=posterior,
-            reduced_chi2=reduced,
-            n_observed=n_obs,
-            flags=flags,
-            reasons=reasons,
-            columns=dict(self.columns),
-            n_clipped=n_clipped,
-        )
+        return out
 
     def _infer(self, pre: PolluxData, given: Sequence[str], names: Sequence[str]):
         """(predictions in model units, latent posterior or None, latents)."""
