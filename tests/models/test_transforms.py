@@ -7,6 +7,8 @@ import numpy as np
 import numpyro.distributions as dist
 import pytest
 
+import pollux as plx
+from pollux.core.features import feature_index, features
 from pollux.models.transforms import (
     AffineTransform,
     FunctionTransform,
@@ -293,3 +295,56 @@ def test_function_transform_checks():
         )
     with pytest.raises(ValueError, match="'q'"):
         FunctionTransform(2, func=lambda z, w: w @ z, param_priors={"q": dist.Normal()})
+
+
+# Structure declared by the transforms ------------------------------------------------
+@pytest.mark.parametrize(
+    "cls, kind, affine",
+    [
+        (LinearTransform, "linear", True),
+        (AffineTransform, "affine", True),
+        (QuadraticTransform, "quadratic", False),
+    ],
+)
+def test_feature_weights_round_trip(cls, kind, affine):
+    k, d = 3, 4
+    rng = np.random.default_rng(0)
+    shapes = cls(d).param_shapes(k)
+    params = {p: jnp.asarray(rng.normal(size=shape)) for p, shape in shapes.items()}
+    if "Q" in params:  # only the symmetric part of Q acts
+        params["Q"] = 0.5 * (params["Q"] + params["Q"].transpose(0, 2, 1))
+    assert cls.feature_kind == kind and cls.is_affine is affine
+    theta = cls.to_features(params)
+    back = cls.from_features(theta, k)
+    assert set(back) == set(params)
+    eps = np.finfo(np.asarray(theta).dtype).eps
+    for p in params:
+        np.testing.assert_allclose(back[p], params[p], rtol=0, atol=10 * eps)
+    # The features reproduce apply: y = θ φ(z) on the features of the kind.
+    z = jnp.asarray(rng.normal(size=(5, k)))
+    phi = features(z)[:, feature_index(kind, k)]
+    np.testing.assert_allclose(
+        phi @ theta.T, cls(d).apply(z, **params), rtol=0, atol=100 * eps
+    )
+
+
+def test_a_subclass_of_a_supported_transform_is_fitted_the_same():
+    class MyAffine(AffineTransform):
+        """A user's affine output (e.g. with a docstring of its own)."""
+
+    obs, _ = plx.datasets.make_simulated_linear_data(
+        n_stars=60, n_latents=2, n_labels=2, n_flux=6, rng=1
+    )
+    data = plx.data.PolluxData(
+        flux=plx.data.OutputData(obs["flux"], err=obs["flux_err"]),
+        label=plx.data.OutputData(obs["label"], err=obs["label_err"]),
+    )
+    fits = []
+    for cls in (AffineTransform, MyAffine):
+        model = plx.LuxModel(latent_size=2)
+        model.register_output("flux", cls(output_size=6))
+        model.register_output("label", LinearTransform(output_size=2))
+        fits.append(model.fit(data, progress=False, max_iter=50))
+    np.testing.assert_array_equal(fits[0].losses, fits[1].losses)
+    view = MyAffine(6).affine_view()
+    assert MyAffine.is_affine and isinstance(view, MyAffine)
