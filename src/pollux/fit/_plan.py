@@ -112,19 +112,7 @@ def plan_fit(
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
         raise ValueError(msg)
     fixed = check_params(model, fixed_params, len(data), call)
-    for name in names:
-        check_output(model, name, data[name], fixed, call)
-    return Plan(
-        call=call,
-        names=names,
-        k=model.latent_size,
-        dtype=data[names[0]].data.dtype,
-        variational=variational,
-        lazy=any(data[name].lazy for name in names),
-        mesh=mesh,
-        chunk_size=chunk_size,
-        fixed=fixed,
-    )
+    return _data_plan(model, data, names, fixed, variational, mesh, chunk_size, call)
 
 
 def plan_posterior(
@@ -146,9 +134,15 @@ def plan_posterior(
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )
-    for name in names:
-        check_output(model, name, data[name], params, call)
+    plan = _data_plan(model, data, names, params, variational, mesh, chunk_size, call)
     require_scatter(model, params, names, call)
+    return plan
+
+
+def _data_plan(model, data, names, fixed, variational, mesh, chunk_size, call) -> Plan:
+    """The `Plan` of a call on ``data``, each output's size and variance checked."""
+    for name in names:
+        check_output(model, name, data[name], fixed, call)
     return Plan(
         call=call,
         names=names,
@@ -158,7 +152,7 @@ def plan_posterior(
         lazy=any(data[name].lazy for name in names),
         mesh=mesh,
         chunk_size=chunk_size,
-        fixed=params,
+        fixed=fixed,
     )
 
 

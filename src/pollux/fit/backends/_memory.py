@@ -175,13 +175,20 @@ class Local(Backend):
         return posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
 
     # The steps of the interface.
-    def prepare(self, plan, model, data, problem_for) -> Prepared:
+    def _blocks(self, plan, model, data) -> tuple[tuple, int, int, int]:
+        """The checked blocks of ``data`` padded for the devices, the caller's
+        stars, the padded stars and the chunk size."""
         blocks = blocks_for(model, data, plan.names, plan.fixed, plan.call)
         n, dtype = blocks[0].values.shape[0], blocks[0].values.dtype
         blocks, n_pad, n_local = pad_blocks(blocks, self.n_devices)
         size = chunk_size_for(
             plan.chunk_size, n_local, (b.values.shape[1] for b in blocks), plan.k, dtype
         )
+        return blocks, n, n_pad, size
+
+    def prepare(self, plan, model, data, problem_for) -> Prepared:
+        blocks, n, n_pad, size = self._blocks(plan, model, data)
+        dtype = blocks[0].values.dtype
         z_fixed = plan.fixed.get(LATENTS)
         if z_fixed is not None:
             z_fixed = self.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
@@ -220,12 +227,7 @@ class Local(Backend):
         return Final(loss, post.mean[:n], post.cov[:n], row_covs)
 
     def posterior(self, plan, model, data, affine) -> tuple:
-        blocks = blocks_for(model, data, plan.names, plan.fixed, plan.call)
-        n, dtype = blocks[0].values.shape[0], blocks[0].values.dtype
-        blocks, _, n_local = pad_blocks(blocks, self.n_devices)
-        size = chunk_size_for(
-            plan.chunk_size, n_local, (b.values.shape[1] for b in blocks), plan.k, dtype
-        )
+        blocks, n, _, size = self._blocks(plan, model, data)
         mean, cov = self._posterior_moments(self.place(blocks), *affine, size)
         return mean[:n], cov[:n]
 
