@@ -23,21 +23,21 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from test_fit import (  # noqa: E402
+from builders import (  # noqa: E402
     CONFIGS,
+    RTOL_FIT,
+    RTOL_STAR,
     N,
-    _data,
-    _fixed,
-    _model,
-    _random_params,
+    fixed_params_of,
+    make_data,
+    make_model,
+    random_params,
 )
 
 import pollux as plx  # noqa: E402
 from pollux.fit import _sizes as fit_driver  # noqa: E402
 
 EPS = np.finfo(np.float64).eps
-RTOL_FIT = 1e-7
-RTOL_STAR = 1e3 * EPS
 SIZES = [1, 7, 16, N, 3 * N]  # 7 and 16 do not divide N = 40 (overlapping last chunk)
 
 
@@ -48,10 +48,10 @@ def _no_padding(monkeypatch):
 
 
 def _fit(config, chunk_size, accelerate: bool, max_iter: int, tol: float = 0.0):
-    model = _model(*CONFIGS[config])
+    model = make_model(*CONFIGS[config])
     result = model.fit(
-        _data(),
-        fixed_params=_fixed(config),
+        make_data(),
+        fixed_params=fixed_params_of(config),
         max_iter=max_iter,
         tol=tol,
         progress=False,
@@ -98,7 +98,7 @@ def test_chunked_checked_newton_s_step_equals_unchunked():
         model.register_output("flux", AffineTransform(6, param_priors=prior))
         model.register_output("label", LinearTransform(2))
         return model.fit(
-            _data(),
+            make_data(),
             max_iter=20,
             tol=0.0,
             progress=False,
@@ -128,9 +128,9 @@ def test_chunked_squarem_fit_reaches_the_unchunked_optimum(config):
 
 @pytest.mark.parametrize("size", SIZES)
 def test_chunked_infer_and_predict_equal_unchunked(size):
-    model = _model("vector", "scalar")
-    params = _random_params("vector", "scalar")
-    data = _data()
+    model = make_model("vector", "scalar")
+    params = random_params("vector", "scalar")
+    data = make_data()
     whole = model.infer_latents(data, params, chunk_size=N)
     post = model.infer_latents(data, params, chunk_size=size)
     np.testing.assert_allclose(post.mean, whole.mean, rtol=RTOL_STAR, atol=RTOL_STAR)
@@ -159,9 +159,9 @@ def test_default_chunk_size_is_the_memory_budget():
     ("value", "exc"), [(0, ValueError), (-3, ValueError), (2.5, TypeError)]
 )
 def test_invalid_chunk_size_is_refused(value, exc):
-    model = _model("vector", "scalar")
-    params = _random_params("vector", "scalar")
-    data = _data()
+    model = make_model("vector", "scalar")
+    params = random_params("vector", "scalar")
+    data = make_data()
     with pytest.raises(exc, match=r"fit\(chunk_size=\.\.\.\)"):
         model.fit(data, max_iter=1, progress=False, chunk_size=value)
     with pytest.raises(exc, match=r"infer_latents\(chunk_size=\.\.\.\)"):

@@ -27,8 +27,14 @@ import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
+from builders import (  # noqa: E402
+    CONFIGS,
+    big_problem,
+    fixed_params_of,
+    make_data,
+    make_model,
+)
 from distributed import Client, LocalCluster  # noqa: E402
-from test_fit import CONFIGS, _data, _fixed, _model  # noqa: E402
 
 import pollux as plx  # noqa: E402
 from pollux.data import OutputData, PolluxData  # noqa: E402
@@ -101,14 +107,14 @@ def client():
         yield c
 
 
-CASES = [(_model, c) for c in CONFIGS] + [(_gamma_model, None)]
+CASES = [(make_model, c) for c in CONFIGS] + [(_gamma_model, None)]
 
 
 @pytest.mark.parametrize(("make", "config"), CASES, ids=[*CONFIGS, "gamma_prior"])
 def test_local_scheduler_matches_memory(make, config):
     model = make() if config is None else make(*CONFIGS[config])
-    fixed = None if config is None else _fixed(config)
-    data = _data()
+    fixed = None if config is None else fixed_params_of(config)
+    data = make_data()
     ref = model.fit(data, fixed_params=fixed, **SWEEPS)
     lazy = _lazy(data)
     fit = model.fit(lazy, fixed_params=fixed, **SWEEPS)
@@ -134,7 +140,7 @@ def test_local_scheduler_matches_memory(make, config):
 
 class TestCluster:
     def test_matches_memory_and_moves_only_sums(self, client):
-        model, data = _gamma_model(), _data()
+        model, data = _gamma_model(), make_data()
         in_memory = model.fit(data, **SWEEPS)
         ref = _outcome(model, data, in_memory)
         fit = model.fit(_lazy(data, rows=7), **SWEEPS)  # 6 chunks on 2 workers
@@ -148,7 +154,7 @@ class TestCluster:
         assert per_pass <= 2 * stats_size
 
     def test_fit_survives_a_killed_worker(self, client, monkeypatch):
-        model, data = _model(*CONFIGS["scatter"]), _data()
+        model, data = make_model(*CONFIGS["scatter"]), make_data()
         lazy = _lazy(data, rows=7)
         settings = dict(SWEEPS, max_iter=30)
         undisturbed = _outcome(model, data, model.fit(lazy, **settings))
@@ -183,7 +189,7 @@ class TestCluster:
     def test_labelling_survives_a_killed_worker(self, client):
         from distributed import as_completed, wait
 
-        model, data = _model(*CONFIGS["scatter"]), _data()
+        model, data = make_model(*CONFIGS["scatter"]), make_data()
         fit = model.fit(data, **SWEEPS)
         _, labels, errs = _outcome(model, data, fit)
         post = model.infer_latents(_lazy(data, rows=7), fit.params, names=["flux"])
@@ -213,7 +219,7 @@ class TestCluster:
 # Checkpoints
 # ----------------------------------------------------------------------------------
 def test_checkpoint_resume_continues_the_same_iterations(tmp_path):
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     path = tmp_path / "fit.npz"
     whole = model.fit(data, **dict(SWEEPS, max_iter=15))
     first = model.fit(data, checkpoint=path, checkpoint_every=4, **SWEEPS)
@@ -230,7 +236,7 @@ def test_checkpoint_resume_continues_the_same_iterations(tmp_path):
 
 
 def test_checkpoint_resume_on_dask_data(tmp_path):
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     lazy, path = _lazy(data), tmp_path / "fit.npz"
     whole = model.fit(lazy, **SWEEPS)
     model.fit(lazy, checkpoint=path, checkpoint_every=3, **dict(SWEEPS, max_iter=5))
@@ -243,25 +249,12 @@ import sys
 import jax
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, sys.argv[1])
-from test_fit import CONFIGS, _model
-from test_dask import _big
-model, data = _model(*CONFIGS["scatter"]), _big()
+from builders import CONFIGS, make_model
+from builders import big_problem
+model, data = make_model(*CONFIGS["scatter"]), big_problem()
 model.fit(data, checkpoint=sys.argv[2], checkpoint_every=2, max_iter=100_000,
           tol=0.0, accelerate=False, progress=False)
 """
-
-
-def _big():
-    """A problem whose plain EM runs long (hundreds of stars, slow convergence)."""
-    rng = np.random.default_rng(5)
-    n = 600
-    z = rng.normal(size=(n, 2))
-    y1 = z @ rng.normal(size=(2, 6)) + 0.3 * rng.normal(size=(n, 6))
-    y2 = z @ rng.normal(size=(2, 2)) + 0.3 * rng.normal(size=(n, 2))
-    return PolluxData(
-        flux=OutputData(y1, err=np.full_like(y1, 0.1)),
-        label=OutputData(y2, err=np.full_like(y2, 0.05)),
-    )
 
 
 def test_killed_fit_resumes_from_its_checkpoint(tmp_path):
@@ -286,7 +279,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path):
         proc.kill()
         proc.wait()
     n_saved = int(np.load(path)["n_iter"])
-    model, data = _model(*CONFIGS["scatter"]), _big()
+    model, data = make_model(*CONFIGS["scatter"]), big_problem()
     total = n_saved + 20
     settings = dict(SWEEPS, max_iter=total)
     resumed = model.fit(data, checkpoint=path, **settings)
@@ -304,7 +297,7 @@ def test_killed_fit_resumes_from_its_checkpoint(tmp_path):
 # Refusals
 # ----------------------------------------------------------------------------------
 def test_bad_checkpoint_arguments(tmp_path):
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     with pytest.raises(TypeError, match=r"fit\(checkpoint=\.\.\.\): expected a file"):
         model.fit(data, checkpoint=3, progress=False)
     with pytest.raises(ValueError, match=r"checkpoint_every"):
@@ -326,7 +319,7 @@ def test_bad_checkpoint_arguments(tmp_path):
             checkpoint=path,
             **SWEEPS,
         )
-    other = _model("scalar", "scalar")  # a scalar flux scatter: another prior
+    other = make_model("scalar", "scalar")  # a scalar flux scatter: another prior
     with pytest.raises(ValueError, match="written by a different fit"):
         other.fit(data, checkpoint=path, **SWEEPS)
     with pytest.raises(ValueError, match="holds 2 iterations, more than max_iter=1"):
@@ -337,7 +330,7 @@ def test_bad_checkpoint_arguments(tmp_path):
 
 
 def test_checkpoint_of_a_converged_fit_goes_on_with_a_smaller_tol(tmp_path):
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     path = tmp_path / "fit.npz"
     loose = model.fit(data, checkpoint=path, tol=1e-3, progress=False)
     assert loose.converged
@@ -350,7 +343,7 @@ def test_checkpoint_of_a_converged_fit_goes_on_with_a_smaller_tol(tmp_path):
 
 def test_fits_needing_memory_read_dask_data_into_it():
     """Quadratic outputs and devices= take Dask data into memory (as before)."""
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     lazy = _lazy(data)
     ref = model.fit(data, **SWEEPS)
     np.testing.assert_array_equal(
@@ -369,7 +362,7 @@ def test_fits_needing_memory_read_dask_data_into_it():
 
 
 def test_bad_dask_data_is_refused():
-    model, data = _model(*CONFIGS["scatter"]), _data()
+    model, data = make_model(*CONFIGS["scatter"]), make_data()
     lazy = _lazy(data)
     flux = np.asarray(data["flux"].data).copy()
     flux[33, 2] = np.inf  # in the last chunk: found when it is read

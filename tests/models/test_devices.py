@@ -19,7 +19,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from test_fit import CONFIGS, _data, _model  # noqa: E402
+from builders import CONFIGS, make_data, make_model  # noqa: E402
 
 import pollux as plx  # noqa: E402
 from pollux.models.transforms import QuadraticTransform  # noqa: E402
@@ -32,7 +32,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, sys.argv[1])
 import numpy as np
-from test_fit import CONFIGS, _data, _fixed, _model
+from builders import CONFIGS, make_data, fixed_params_of, make_model
 
 assert jax.device_count() == 4, jax.devices()
 CASES = [(c, False) for c in CONFIGS] + [("scatter", True), ("fixed_latents", True)]
@@ -40,10 +40,10 @@ out = {}
 for config, accelerate in CASES:
         runs = {}
         for devices in (None, 4, 3):
-            model = _model(*CONFIGS[config])
-            data = _data()
+            model = make_model(*CONFIGS[config])
+            data = make_data()
             fit = model.fit(
-                data, fixed_params=_fixed(config), progress=False,
+                data, fixed_params=fixed_params_of(config), progress=False,
                 accelerate=accelerate, devices=devices,
                 # plain: 20 sweeps; SQUAREM: to convergence (as in test_chunked)
                 max_iter=500 if accelerate else 20, tol=1e-9 if accelerate else 0.0,
@@ -113,8 +113,8 @@ def test_sharded_squarem_fit_reaches_the_one_device_optimum(runs, config):
     ],
 )
 def test_bad_devices_are_refused_naming_the_call(devices, error, fragment):
-    model = _model(*CONFIGS["plain"])
-    data = _data()
+    model = make_model(*CONFIGS["plain"])
+    data = make_data()
     with pytest.raises(error, match=r"LuxModel\.fit\(devices=\.\.\.\)") as info:
         model.fit(data, max_iter=1, progress=False, devices=devices)
     assert fragment in str(info.value)
@@ -123,8 +123,8 @@ def test_bad_devices_are_refused_naming_the_call(devices, error, fragment):
 
 
 def test_one_listed_device_is_the_one_device_fit():
-    model = _model(*CONFIGS["scatter"])
-    data = _data()
+    model = make_model(*CONFIGS["scatter"])
+    data = make_data()
     kw = {"max_iter": 5, "tol": 0.0, "progress": False, "accelerate": False}
     one = model.fit(data, **kw)
     for devices in ([jax.devices()[0]], np.array(jax.devices()[:1]), np.int64(1)):
@@ -133,11 +133,11 @@ def test_one_listed_device_is_the_one_device_fit():
 
 
 def test_quadratic_outputs_stay_on_one_device():
-    affine = _model(*CONFIGS["plain"])
+    affine = make_model(*CONFIGS["plain"])
     model = plx.LuxModel(latent_size=affine.latent_size)
     model.register_output(
         "flux", QuadraticTransform(affine.outputs["flux"].output_size)
     )
     model.register_output("label", affine.outputs["label"])
     with pytest.raises(ValueError, match=r"fit\(devices=\.\.\.\).*affine outputs"):
-        model.fit(_data(), max_iter=1, progress=False, devices=1)
+        model.fit(make_data(), max_iter=1, progress=False, devices=1)

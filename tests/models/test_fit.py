@@ -22,6 +22,20 @@ import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
+from builders import (  # noqa: E402
+    ATOL64,
+    CONFIGS,
+    D1,
+    FULL,
+    MAX_ITER,
+    RTOL64,
+    K,
+    N,
+    fixed_params_of,
+    make_data,
+    make_model,
+    random_params,
+)
 from jax.example_libraries import optimizers  # noqa: E402
 
 import pollux as plx  # noqa: E402
@@ -30,7 +44,6 @@ from pollux.fit import LatentPosterior  # noqa: E402
 from pollux.models.transforms import (  # noqa: E402
     AffineTransform,
     FunctionTransform,
-    LinearTransform,
     QuadraticTransform,
 )
 from pollux.testing import (  # noqa: E402
@@ -40,123 +53,12 @@ from pollux.testing import (  # noqa: E402
     observed,
 )
 
-N, K, D1, D2 = 40, 2, 6, 2
-FULL = N - 1  # the star with every value masked
-MAX_ITER = 30  # EM iterations of the shared fits (tol=0)
-
-# Tolerances for float64 comparisons of two exact computations done differently
-# (Cholesky/Woodbury here, dense solves in pollux.testing): each errs by about
-# cond · eps, with eps = 2.2e-16 and condition numbers up to ~1e5 (noise precisions
-# to 1/0.02² against a unit prior): ~2e-11; 1e-9 leaves a margin of 50.
-RTOL64, ATOL64 = 1e-9, 1e-11
-
-
-# ----------------------------------------------------------------------------------
-# Data and models
-# ----------------------------------------------------------------------------------
-@functools.cache
-def _truth(seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    z = rng.normal(size=(N, K))
-    W1 = rng.normal(size=(D1, K))
-    b1 = rng.normal(size=D1)
-    W2 = rng.normal(size=(D2, K))
-    e1 = rng.uniform(0.05, 0.3, size=(N, D1))
-    e2 = rng.uniform(0.02, 0.1, size=(N, D2))
-    # Extra scatter beyond the reported errors: 0.1 (flux), 0.2 (labels).
-    y1 = z @ W1.T + b1 + rng.normal(size=(N, D1)) * np.hypot(e1, 0.1)
-    y2 = z @ W2.T + rng.normal(size=(N, D2)) * np.hypot(e2, 0.2)
-    # Masks: NaN data (finite error) and infinite errors (finite data).
-    nan1 = rng.uniform(size=(N, D1)) < 0.1
-    inf1 = ~nan1 & (rng.uniform(size=(N, D1)) < 0.05)
-    nan2 = rng.uniform(size=(N, D2)) < 0.1
-    inf2 = ~nan2 & (rng.uniform(size=(N, D2)) < 0.05)
-    nan2[3] = True  # a star without labels
-    inf2[3] = False
-    nan1[FULL] = True  # a star with nothing observed at all
-    inf1[FULL] = False
-    inf2[FULL], nan2[FULL] = True, False
-    return {
-        "z": z,
-        "W1": W1,
-        "b1": b1,
-        "W2": W2,
-        "y1": y1,
-        "y2": y2,
-        "e1": e1,
-        "e2": e2,
-        "nan1": nan1,
-        "inf1": inf1,
-        "nan2": nan2,
-        "inf2": inf2,
-    }
-
-
-def _masked(y, e, nan, inf, garbage=None):
-    """Apply a mask: NaN data where ``nan``, infinite error where ``inf``."""
-    y, e = y.copy(), e.copy()
-    y[nan] = np.nan
-    e[inf] = np.inf
-    if garbage is not None:  # same missing set, written differently
-        y[nan] = garbage
-        e[nan] = np.inf
-    return y, e
-
-
-def _data(seed: int = 0, garbage=None, shift: float = 0.0, dtype=np.float64):
-    t = _truth(seed)
-    y1, e1 = _masked(t["y1"] + shift, t["e1"], t["nan1"], t["inf1"], garbage)
-    y2, e2 = _masked(t["y2"], t["e2"], t["nan2"], t["inf2"], garbage)
-    return PolluxData(
-        flux=OutputData(y1.astype(dtype), err=e1.astype(dtype)),
-        label=OutputData(y2.astype(dtype), err=e2.astype(dtype)),
-    )
-
-
-def _scatter_prior(kind: str, d: int):
-    if kind == "none":
-        return None
-    if kind == "scalar":
-        return dist.HalfNormal(1.0)
-    return dist.HalfNormal(1.0).expand((d,))
-
-
-def _model(flux_s: str = "vector", label_s: str = "scalar") -> plx.LuxModel:
-    """Affine flux (non-trivial Normal priors) and linear labels."""
-    model = plx.LuxModel(latent_size=K)
-    flux_priors = {"A": dist.Normal(0.1, 2.0), "b": dist.Normal(0.0, 10.0)}
-    label_priors = {}
-    if (p := _scatter_prior(flux_s, D1)) is not None:
-        flux_priors["s"] = p
-    if (p := _scatter_prior(label_s, D2)) is not None:
-        label_priors["s"] = p
-    model.register_output("flux", AffineTransform(D1, param_priors=flux_priors))
-    model.register_output("label", LinearTransform(D2, param_priors=label_priors))
-    return model
-
-
-def _fixed(config: str):
-    t = _truth()
-    if config == "partly_fixed":  # flux: A fixed, b and s free; label: s fixed
-        return {"flux": {"A": t["W1"]}, "label": {"s": np.float64(0.05)}}
-    if config == "fixed_latents":  # latents and flux b fixed
-        return {"latents": t["z"], "flux": {"b": t["b1"]}}
-    return None
-
-
-CONFIGS = {
-    "plain": ("none", "none"),
-    "scatter": ("vector", "scalar"),
-    "partly_fixed": ("vector", "scalar"),
-    "fixed_latents": ("scalar", "vector"),
-}
-
 
 @functools.cache
 def _fit(config: str, max_iter: int = MAX_ITER):
-    model = _model(*CONFIGS[config])
-    fixed = _fixed(config)
-    data = _data()
+    model = make_model(*CONFIGS[config])
+    fixed = fixed_params_of(config)
+    data = make_data()
     result = model.fit(
         data, fixed_params=fixed, max_iter=max_iter, tol=0.0, progress=False
     )
@@ -166,20 +68,6 @@ def _fit(config: str, max_iter: int = MAX_ITER):
 # ----------------------------------------------------------------------------------
 # Parameters for the dense references of pollux.testing
 # ----------------------------------------------------------------------------------
-def _random_params(flux_s: str, label_s: str, seed: int = 5):
-    rng = np.random.default_rng(seed)
-    params = {
-        "flux": {"A": rng.normal(size=(D1, K)), "b": rng.normal(size=D1)},
-        "label": {"A": rng.normal(size=(D2, K))},
-    }
-    for name, kind, d in (("flux", flux_s, D1), ("label", label_s, D2)):
-        if kind == "scalar":
-            params[name]["s"] = np.float64(0.2)
-        elif kind == "vector":
-            params[name]["s"] = rng.uniform(0.05, 0.5, size=d)
-    return params
-
-
 # ----------------------------------------------------------------------------------
 # 1. Latent posterior
 # ----------------------------------------------------------------------------------
@@ -193,9 +81,9 @@ def _random_params(flux_s: str, label_s: str, seed: int = 5):
     ],
 )
 def test_infer_latents_matches_dense_conditioning(flux_s, label_s, names):
-    model = _model(flux_s, label_s)
-    data = _data()
-    params = _random_params(flux_s, label_s)
+    model = make_model(flux_s, label_s)
+    data = make_data()
+    params = random_params(flux_s, label_s)
     post = model.infer_latents(data, params, names=names)
     used = tuple(model.outputs) if names is None else names
     mean, cov = dense_posterior(model, data, params, used)
@@ -353,8 +241,8 @@ def _fit_infer_predict(model, data):
 
 
 def test_second_fit_with_equal_shapes_does_not_recompile():
-    model = _model("vector", "scalar")
-    _fit_infer_predict(model, _data())  # warm-up (may compile)
+    model = make_model("vector", "scalar")
+    _fit_infer_predict(model, make_data())  # warm-up (may compile)
     before = {k: f._cache_size() for k, f in _jitted().items()}
 
     stream = io.StringIO()
@@ -364,9 +252,9 @@ def test_second_fit_with_equal_shapes_does_not_recompile():
     try:
         with jax.log_compiles():
             # New values (a different seed: other data, errors and masks), same shapes.
-            result = _fit_infer_predict(model, _data(seed=1))
+            result = _fit_infer_predict(model, make_data(seed=1))
             # A fresh model with the same structure reuses the compiled kernels too.
-            _fit_infer_predict(_model("vector", "scalar"), _data(seed=2))
+            _fit_infer_predict(make_model("vector", "scalar"), make_data(seed=2))
     finally:
         logger.removeHandler(handler)
     after = {k: f._cache_size() for k, f in _jitted().items()}
@@ -382,7 +270,7 @@ def test_second_fit_with_equal_shapes_does_not_recompile():
 @pytest.mark.parametrize("garbage", [1e3, -7.5, 0.0])
 def test_values_under_a_mask_change_nothing(garbage):
     model, _, data, result = _fit("scatter")
-    other = _data(garbage=garbage)  # finite junk with infinite error, not NaN
+    other = make_data(garbage=garbage)  # finite junk with infinite error, not NaN
     assert not np.array_equal(
         np.asarray(other["flux"].data), np.asarray(data["flux"].data), equal_nan=True
     )
@@ -631,14 +519,14 @@ def test_fit_refuses_non_polynomial_transform():
         ),
     )
     with pytest.raises(ValueError, match=r"FunctionTransform.*polynomial.*optimize"):
-        model.fit(_data(), names=["flux"], progress=False)
+        model.fit(make_data(), names=["flux"], progress=False)
 
 
 def test_fit_refuses_quadratic_with_too_many_latents():
     model = plx.LuxModel(latent_size=11)
     model.register_output("flux", QuadraticTransform(D1))
     with pytest.raises(ValueError, match=r"latent_size=11.*up to latent_size=10"):
-        model.fit(_data(), names=["flux"], progress=False)
+        model.fit(make_data(), names=["flux"], progress=False)
 
 
 def test_fit_refuses_non_normal_prior():
@@ -647,41 +535,41 @@ def test_fit_refuses_non_normal_prior():
         "flux", AffineTransform(D1, param_priors={"A": dist.Laplace(0.0, 1.0)})
     )
     with pytest.raises(ValueError, match=r"'A'.*Laplace.*optimize") as info:
-        model.fit(_data(), names=["flux"], progress=False)
+        model.fit(make_data(), names=["flux"], progress=False)
     assert "'flux'" in str(info.value)
 
 
 def test_fit_refuses_fixed_params_of_wrong_shape():
-    model = _model()
+    model = make_model()
     bad = {"flux": {"A": np.zeros((D1, K + 1))}}
     with pytest.raises(ValueError, match=r"fixed_params\['flux'\]\['A'\].*shape"):
-        model.fit(_data(), fixed_params=bad, progress=False)
+        model.fit(make_data(), fixed_params=bad, progress=False)
     with pytest.raises(ValueError, match=r"fixed_params\['latents'\].*latent_size"):
-        model.fit(_data(), fixed_params={"latents": np.zeros((N, K + 1))})
+        model.fit(make_data(), fixed_params={"latents": np.zeros((N, K + 1))})
 
 
 def test_unregistered_names_are_refused():
-    model = _model()
+    model = make_model()
     with pytest.raises(ValueError, match=r"names=.*'nope'.*not a registered"):
-        model.fit(_data(), names=["nope"], progress=False)
+        model.fit(make_data(), names=["nope"], progress=False)
     with pytest.raises(ValueError, match=r"fixed_params=.*'nope'.*not a registered"):
-        model.fit(_data(), fixed_params={"nope": {}}, progress=False)
-    params = _random_params("vector", "scalar")
+        model.fit(make_data(), fixed_params={"nope": {}}, progress=False)
+    params = random_params("vector", "scalar")
     with pytest.raises(ValueError, match=r"names=.*'nope'.*not a registered"):
-        model.infer_latents(_data(), params, names=["nope"])
+        model.infer_latents(make_data(), params, names=["nope"])
 
 
 def test_infer_latents_requires_declared_scatter():
-    model = _model("vector", "scalar")
-    params = _random_params("vector", "scalar")
+    model = make_model("vector", "scalar")
+    params = random_params("vector", "scalar")
     del params["flux"]["s"]
     with pytest.raises(ValueError, match=r"params=.*'flux'.*'s'"):
-        model.infer_latents(_data(), params)
+        model.infer_latents(make_data(), params)
 
 
 def test_predict_requires_a_latent_posterior():
-    model = _model("none", "none")
-    params = _random_params("none", "none")
+    model = make_model("none", "none")
+    params = random_params("none", "none")
     with pytest.raises(TypeError, match=r"posterior=.*LatentPosterior"):
         model.predict((np.zeros((3, K)), np.zeros((3, K, K))), params)
     wide = LatentPosterior(jnp.zeros((3, K + 1)), jnp.zeros((3, K + 1, K + 1)))
@@ -702,13 +590,13 @@ def test_predict_requires_a_latent_posterior():
 )
 def test_fit_refuses_invalid_max_iter(max_iter, exc):
     with pytest.raises(exc, match=r"max_iter=\.\.\."):
-        _model().fit(_data(), max_iter=max_iter, progress=False)
+        make_model().fit(make_data(), max_iter=max_iter, progress=False)
 
 
 @pytest.mark.parametrize("tol", [-1e-3, "small", None])
 def test_fit_refuses_invalid_tol(tol):
     with pytest.raises(ValueError, match="tol"):
-        _model().fit(_data(), tol=tol, progress=False)
+        make_model().fit(make_data(), tol=tol, progress=False)
 
 
 # ----------------------------------------------------------------------------------

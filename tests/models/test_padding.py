@@ -14,8 +14,15 @@ jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from test_chunked import RTOL_FIT, RTOL_STAR  # noqa: E402
-from test_fit import CONFIGS, N, _data, _fixed, _model  # noqa: E402
+from builders import (  # noqa: E402
+    CONFIGS,
+    RTOL_FIT,
+    RTOL_STAR,
+    N,
+    fixed_params_of,
+    make_data,
+    make_model,
+)
 
 from pollux.core import em, pca, posterior  # noqa: E402
 from pollux.core.blocks import count_observed  # noqa: E402
@@ -33,7 +40,7 @@ PROGRAMS = (
 
 
 def _first(n: int) -> PolluxData:
-    data = _data()
+    data = make_data()
     return PolluxData(
         **{
             name: OutputData(data[name].data[:n], err=data[name].err[:n])
@@ -43,14 +50,14 @@ def _first(n: int) -> PolluxData:
 
 
 def _fixed_first(config: str, n: int):
-    fixed = _fixed(config)
+    fixed = fixed_params_of(config)
     if fixed is not None and "latents" in fixed:
         fixed = {**fixed, "latents": fixed["latents"][:n]}
     return fixed
 
 
 def _run(config: str, n: int, max_iter: int = 20):
-    model = _model(*CONFIGS[config])
+    model = make_model(*CONFIGS[config])
     data = _first(n)
     fit = model.fit(
         data,
@@ -109,12 +116,12 @@ def test_a_few_more_stars_reuse_the_compiled_programs():
 
 
 def test_predict_pads_the_posterior_and_returns_every_star():
-    model = _model(*CONFIGS["plain"])
+    model = make_model(*CONFIGS["plain"])
     fit, _, _ = _run("plain", N, max_iter=2)
     post = model.infer_latents(_first(5), fit.params, names=["flux"])
     assert post.mean.shape == (5, 2)
     pred = model.predict(post, fit.params)
-    whole = model.infer_latents(_data(), fit.params, names=["flux"])
+    whole = model.infer_latents(make_data(), fit.params, names=["flux"])
     np.testing.assert_allclose(post.mean, whole.mean[:5], rtol=RTOL_STAR, atol=1e-12)
     assert pred["flux"].data.shape == (5, pred["flux"].data.shape[1])
     assert np.all(np.isfinite(np.asarray(pred["label"].data)))
@@ -125,7 +132,7 @@ def test_a_fit_compiles_its_kernels_and_nothing_else():
     host array compiles a small program per shape, each a few tens of ms of a
     fresh process's first call). 24 stars are a bucket: no padding, whose copies
     are small programs of their own (once per bucket)."""
-    model, data = _model(*CONFIGS["scatter"]), _first(24)
+    model, data = make_model(*CONFIGS["scatter"]), _first(24)
     names = []
 
     def listen(event: str, duration: float, **kwargs) -> None:
