@@ -17,6 +17,7 @@ import numpy as np  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
+from stand_ins import ArrayData  # noqa: E402
 
 from pollux import testing as ref  # noqa: E402
 from pollux.core import em  # noqa: E402
@@ -33,20 +34,6 @@ LABEL_S = dist.Gamma(2.0, 4.0)  # the checked Newton s-step (passes B and C)
 em_iteration = jax.jit(em.em_iteration)
 final_state = em.final_state
 initialize = em.initialize
-
-
-class _Data:
-    """What `pollux.testing` reads of a data set: ``len`` and ``[name].data/.err``."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def __len__(self):
-        return next(iter(self.arrays.values()))[0].shape[0]
-
-    def __getitem__(self, name):
-        y, err = self.arrays[name]
-        return SimpleNamespace(data=y, err=err)
 
 
 # name: (rows, spec). "flux": W, b and a scatter per row fitted; "label": a known
@@ -95,7 +82,7 @@ def _setup(seed=0, chunk_size=None, fixed_latents=None):
         chunk_size=chunk_size,
     )
     return SimpleNamespace(
-        problem=problem, params=tuple(params), data=_Data(arrays), z=z
+        problem=problem, params=tuple(params), data=ArrayData(arrays), z=z
     )
 
 

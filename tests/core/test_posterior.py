@@ -15,6 +15,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from scipy import stats  # noqa: E402
+from stand_ins import ArrayData  # noqa: E402
 
 from pollux import testing as ref  # noqa: E402
 from pollux.core.blocks import make_block  # noqa: E402
@@ -32,20 +33,6 @@ N, K = 23, 3
 DIMS = {"flux": 7, "label": 3}
 
 _latent_posterior = jax.jit(latent_posterior, static_argnames="prior_precision")
-
-
-class _Data:
-    """What `pollux.testing` reads of a data set: ``len`` and ``[name].data/.err``."""
-
-    def __init__(self, arrays):
-        self.arrays = arrays
-
-    def __len__(self):
-        return next(iter(self.arrays.values()))[0].shape[0]
-
-    def __getitem__(self, name):
-        y, err = self.arrays[name]
-        return SimpleNamespace(data=y, err=err)
 
 
 def _make(seed=0, with_missing=True):
@@ -83,7 +70,7 @@ def _make(seed=0, with_missing=True):
         Ws=tuple(Ws),
         bs=tuple(bs),
         s2s=tuple(s2s),
-        data=_Data(arrays),
+        data=ArrayData(arrays),
         params=params,
     )
 

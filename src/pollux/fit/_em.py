@@ -212,13 +212,14 @@ def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitR
         for name, spec, p in zip(names, problem.specs, params, strict=True):
             q = dict(p)
             fitted = start.params[name]
-            if spec.free:
-                q[vem.THETA] = polynomial_thetas(
-                    model,
-                    {name: {"Q": jnp.zeros((q[vem.THETA].shape[0], k, k)), **fitted}},
-                    [name],
-                    dtype,
-                )[0][0]
+            if spec.free:  # the affine view's weights, the other terms zero
+                t = model.outputs[name]
+                shapes = t.param_shapes(k)
+                named = {p: np.zeros(shapes[p]) for p in t.param_names}
+                named.update({p: v for p, v in fitted.items() if p in named})
+                q[vem.THETA] = polynomial_thetas(model, {name: named}, [name], dtype)[
+                    0
+                ][0]
             if spec.s_free:
                 q[SCATTER] = jnp.asarray(fitted[SCATTER], dtype)
             started.append(q)

@@ -12,6 +12,7 @@ import numpy as np
 
 from .._params import check_positive_int, names_with_params, without_latents
 from ..data.values import is_lazy
+from ._results import LatentPosterior
 from ._setup import on_device
 from .backends import check_devices
 from .checks import (
@@ -26,7 +27,6 @@ from .polynomial import n_row_features, require_polynomial, uses_quadratic
 
 if TYPE_CHECKING:
     from ._protocol import Model
-    from ._results import LatentPosterior
 
 __all__ = ["Plan", "plan_fit", "plan_posterior", "plan_predict"]
 
@@ -70,6 +70,16 @@ class Plan:
     fixed: Mapping[str, Any]
 
 
+def _outputs(
+    model: Model, names: Any, call: str, available: Iterable[str] | None = None
+) -> tuple[tuple[str, ...], bool]:
+    """The outputs a call uses (checked, and polynomial in the latents), and
+    whether one of them is not affine (the variational path)."""
+    names = resolve_names(model, names, call, available)
+    require_polynomial(model, names, call)
+    return names, uses_quadratic(model, names)
+
+
 def _chunk_size(chunk_size: Any, call: str) -> int | None:
     if chunk_size is not None:
         check_positive_int(chunk_size, f"{call}(chunk_size=...)")
@@ -102,9 +112,7 @@ def plan_fit(
 ) -> Plan:
     """The checked plan of `LuxModel.fit` (the checks that need no values)."""
     data = check_data(data, call)
-    names = resolve_names(model, names, call, data.names)
-    require_polynomial(model, names, call)
-    variational = uses_quadratic(model, names)
+    names, variational = _outputs(model, names, call, data.names)
     check_positive_int(max_iter, f"{call}(max_iter=...)")
     chunk_size = _chunk_size(chunk_size, call)
     mesh = _mesh(devices, variational, call)
@@ -127,9 +135,7 @@ def plan_posterior(
     """The checked plan of `LuxModel.infer_latents`."""
     data = check_data(data, call)
     chunk_size = _chunk_size(chunk_size, call)
-    names = resolve_names(model, names, call, data.names)
-    require_polynomial(model, names, call)
-    variational = uses_quadratic(model, names)
+    names, variational = _outputs(model, names, call, data.names)
     mesh = _mesh(devices, variational, call)
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
@@ -193,8 +199,6 @@ def plan_predict(
     call: str = "LuxModel.predict",
 ) -> tuple[Plan, dict[str, Any]]:
     """The checked plan of `LuxModel.predict` and the row covariances to use."""
-    from ._results import LatentPosterior
-
     chunk_size = _chunk_size(chunk_size, call)
     if not isinstance(posterior, LatentPosterior):
         msg = (
@@ -205,14 +209,12 @@ def plan_predict(
     check_latents_shape(model, posterior.mean, None, f"{call}(posterior.mean)")
     if names is None:
         names = names_with_params(model.outputs, params, call)
-    names = resolve_names(model, names, call)
-    require_polynomial(model, names, call)
+    names, variational = _outputs(model, names, call)
     params = check_params(
         model, without_latents(params), None, call, "params", required=names
     )
     row_covs = _check_param_cov(model, param_cov, names, call)
     require_scatter(model, params, names, call)
-    variational = uses_quadratic(model, names)
     plan = Plan(
         call=call,
         names=names,
