@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -18,6 +19,13 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 import pollux as plx  # noqa: E402
+
+# The shared builders of the model tests (tests/models/builders.py, not a test
+# module) import as `builders` whatever pytest's import mode: its default mode puts
+# tests/models on sys.path only when it imports a test module from there.
+_MODELS = str(Path(__file__).parent / "models")
+if _MODELS not in sys.path:
+    sys.path.insert(0, _MODELS)
 
 # Tiny problem sizes: every SVI test compiles its own model, so keep arrays small.
 N_STARS = 48

@@ -15,9 +15,11 @@ import numpyro.distributions as dist  # noqa: E402
 
 import pollux as plx  # noqa: E402
 from pollux.data import OutputData, PolluxData  # noqa: E402
+from pollux.fit import LatentPosterior  # noqa: E402
 from pollux.models.transforms import (  # noqa: E402
     AffineTransform,
     LinearTransform,
+    QuadraticTransform,
 )
 
 N, K, D1, D2 = 40, 2, 6, 2
@@ -162,3 +164,79 @@ def big_problem():
 #: Chunked or padded against plain: a converged fit, and one star's exact values.
 RTOL_FIT = 1e-7
 RTOL_STAR = 1e3 * np.finfo(np.float64).eps
+
+
+# ----------------------------------------------------------------------------------
+# One model per output kind (the equivalence matrix, also run in a subprocess)
+# ----------------------------------------------------------------------------------
+#: The kind of each output of `kind_model`: both outputs of that kind, except that a
+#: quadratic flux goes with linear labels (the Lux set-up).
+KINDS = {
+    "linear": {"flux": "linear", "label": "linear"},
+    "affine": {"flux": "affine", "label": "affine"},
+    "quadratic": {"flux": "quadratic", "label": "linear"},
+}
+_TRANSFORMS = {
+    "linear": LinearTransform,
+    "affine": AffineTransform,
+    "quadratic": QuadraticTransform,
+}
+
+
+def kind_model(kind: str) -> plx.LuxModel:
+    """Flux and labels of the output kinds ``KINDS[kind]`` with non-trivial Normal
+    priors on the weights and HalfNormal scatter priors (one per flux pixel, one
+    shared by the labels)."""
+    model = plx.LuxModel(latent_size=K)
+    for name, d in (("flux", D1), ("label", D2)):
+        out = KINDS[kind][name]
+        priors = {"A": dist.Normal(0.1, 2.0)}
+        if out != "linear":
+            priors["b"] = dist.Normal(0.0, 10.0)
+        if out == "quadratic":
+            priors["Q"] = dist.Normal(-0.1, 1.5)
+        scatter = dist.HalfNormal(1.0)
+        priors["s"] = scatter.expand((d,)) if name == "flux" else scatter
+        model.register_output(name, _TRANSFORMS[out](d, param_priors=priors))
+    return model
+
+
+def kind_params(kind: str, seed: int = 7, q_scale: float = 0.3):
+    """Parameters of `kind_model` (``q_scale=0``: a quadratic flux with ``Q = 0``)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, d in (("flux", D1), ("label", D2)):
+        out = KINDS[kind][name]
+        p = {"A": rng.normal(size=(d, K))}
+        if out != "linear":
+            p["b"] = rng.normal(size=d)
+        if out == "quadratic":
+            p["Q"] = q_scale * rng.normal(size=(d, K, K))  # not symmetric
+        p["s"] = rng.uniform(0.05, 0.5, size=d) if name == "flux" else np.float64(0.2)
+        params[name] = p
+    return params
+
+
+def n_features(out: str) -> int:
+    """Features of one row of an output of kind ``out``: z; (z, 1); or the K(K+1)/2
+    products, z and 1."""
+    return {"linear": K, "affine": K + 1, "quadratic": K * (K + 1) // 2 + K + 1}[out]
+
+
+def kind_param_cov(kind: str, seed: int = 8):
+    """Small random SPD covariances of each output's rows (as `FitResult.param_cov`)."""
+    rng = np.random.default_rng(seed)
+    cov = {}
+    for name, d in (("flux", D1), ("label", D2)):
+        m = n_features(KINDS[kind][name])
+        Y = rng.normal(size=(d, m, m))
+        cov[name] = 0.01 * Y @ np.swapaxes(Y, 1, 2) / m
+    return cov
+
+
+def fixed_posterior(seed: int = 9) -> LatentPosterior:
+    """A Gaussian posterior of N stars' latents (random means, SPD covariances)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(N, K, K))
+    cov = 0.1 * X @ np.swapaxes(X, 1, 2) + 0.05 * np.eye(K)
+    return LatentPosterior(rng.normal(size=(N, K)), cov)
