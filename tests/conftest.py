@@ -23,9 +23,11 @@ import pollux as plx  # noqa: E402
 # The shared builders of the model tests (tests/models/builders.py, not a test
 # module) import as `builders` whatever pytest's import mode: its default mode puts
 # tests/models on sys.path only when it imports a test module from there.
-_MODELS = str(Path(__file__).parent / "models")
-if _MODELS not in sys.path:
-    sys.path.insert(0, _MODELS)
+# Likewise tests/fuzz/fuzzing.py (what the fuzzing tests share).
+for _shared in ("models", "fuzz"):
+    _folder = str(Path(__file__).parent / _shared)
+    if _folder not in sys.path:
+        sys.path.insert(0, _folder)
 
 # Tiny problem sizes: every SVI test compiles its own model, so keep arrays small.
 N_STARS = 48
