@@ -20,7 +20,11 @@ from .checks import (
     check_latents_shape,
     check_output,
     check_params,
+    fully_fixed,
+    observed_count,
+    require_observed,
     require_scatter,
+    require_stars,
     resolve_names,
 )
 from .polynomial import n_row_features, require_polynomial, uses_quadratic
@@ -120,7 +124,9 @@ def plan_fit(
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
         raise ValueError(msg)
     fixed = check_params(model, fixed_params, len(data), call)
-    return _data_plan(model, data, names, fixed, variational, mesh, chunk_size, call)
+    return _data_plan(
+        model, data, names, fixed, variational, mesh, chunk_size, call, fit=True
+    )
 
 
 def plan_posterior(
@@ -140,15 +146,30 @@ def plan_posterior(
     params = check_params(
         model, without_latents(params), len(data), call, "params", required=names
     )
-    plan = _data_plan(model, data, names, params, variational, mesh, chunk_size, call)
+    plan = _data_plan(
+        model, data, names, params, variational, mesh, chunk_size, call, fit=False
+    )
     require_scatter(model, params, names, call)
     return plan
 
 
-def _data_plan(model, data, names, fixed, variational, mesh, chunk_size, call) -> Plan:
-    """The `Plan` of a call on ``data``, each output's size and variance checked."""
+def _data_plan(
+    model, data, names, fixed, variational, mesh, chunk_size, call, *, fit: bool
+) -> Plan:
+    """The `Plan` of a call on ``data``: stars to work on, each output's size and
+    variance checked, and (in memory) something observed to work from; Dask data
+    are counted in the back-end's first pass (`require_observed`)."""
+    require_stars(len(data), call)
     for name in names:
         check_output(model, name, data[name], fixed, call)
+    in_memory = [name for name in names if not data[name].lazy]
+    if in_memory and len(in_memory) == len(names):
+        require_observed(
+            {name: observed_count(data[name]) for name in names},
+            call,
+            each=fit,
+            fixed=fully_fixed(model, fixed),
+        )
     return Plan(
         call=call,
         names=names,
@@ -207,6 +228,7 @@ def plan_predict(
         )
         raise TypeError(msg)
     check_latents_shape(model, posterior.mean, None, f"{call}(posterior.mean)")
+    require_stars(posterior.mean.shape[0], call, "posterior")
     if names is None:
         names = names_with_params(model.outputs, params, call)
     names, variational = _outputs(model, names, call)

@@ -270,3 +270,57 @@ def read_block(
     block = make_block(values, err)
     check_variance_defined(block, name, has_scatter, call)
     return block
+
+
+def observed_count(output: Any) -> int:
+    """Values of an in-memory output that are observed (data not NaN, error
+    finite; the rule of `pollux.core.blocks.make_block`)."""
+    values = jnp.asarray(output.data)
+    mask = ~jnp.isnan(values)
+    if output.err is not None:
+        mask &= jnp.isfinite(jnp.asarray(output.err))
+    return int(jnp.sum(mask))
+
+
+def require_observed(
+    counts: Mapping[str, int], call: str, *, each: bool, fixed: Iterable[str] = ()
+) -> None:
+    """Refuse a call with nothing observed to work from: in any output that is
+    fitted (``each``: a fit, whose outputs without data would keep their prior),
+    or in all the outputs together (a posterior)."""
+    fixed = set(fixed)
+    empty = [name for name, n in counts.items() if n == 0 and name not in fixed]
+    if each and empty:
+        msg = (
+            f"{call}(data=...): no value of the output {empty[0]!r} is observed "
+            "(every value is NaN or has an infinite error), so its parameters "
+            "cannot be fitted; give data for it, or leave it out with names=..."
+        )
+        raise ValueError(msg)
+    if not each and counts and not any(counts.values()):
+        msg = (
+            f"{call}(data=...): no value of {sorted(counts)} is observed (every "
+            "value is NaN or has an infinite error): there is nothing to infer "
+            "the latents from"
+        )
+        raise ValueError(msg)
+
+
+def require_stars(n: int, call: str, arg: str = "data") -> None:
+    """Refuse a call on zero stars."""
+    if n == 0:
+        msg = f"{call}({arg}=...): there are no stars (0 rows); give at least one"
+        raise ValueError(msg)
+
+
+def fully_fixed(model: Model, fixed: Mapping[str, Any]) -> set[str]:
+    """The outputs whose every parameter is fixed (nothing of theirs is fitted)."""
+    return {
+        name
+        for name, t in model.outputs.items()
+        if name in fixed
+        and all(
+            p in fixed[name]
+            for p in (*t.param_names, *([SCATTER] if t.scatter_prior else []))
+        )
+    }

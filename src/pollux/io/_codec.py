@@ -25,7 +25,7 @@ from ..transforms import (
     TransformSequence,
 )
 
-__all__ = ["FileFormatError", "decode", "encode"]
+__all__ = ["FileFormatError", "check_payload", "decode", "encode"]
 
 _TRANSFORMS = {
     t.__name__: t
@@ -201,7 +201,7 @@ class _Decoder:
         if isinstance(node, list):
             return [self(v) for v in node]
         if not isinstance(node, dict):
-            raise FileFormatError(f"unexpected value {node!r}")
+            raise FileFormatError(f"unexpected value {_short(node)}")
         if len(node) == 1:
             ((tag, value),) = node.items()
             if tag == "$array":
@@ -221,7 +221,7 @@ class _Decoder:
 
     def array(self, key: Any) -> np.ndarray:
         if not isinstance(key, str) or key not in self.arrays:
-            raise FileFormatError(f"the array {key!r} is referenced but missing")
+            raise FileFormatError(f"the array {_short(key)} is referenced but missing")
         return self.arrays[key]
 
     def prior(self, spec: Any) -> dist.Distribution:
@@ -229,24 +229,26 @@ class _Decoder:
         kind = spec.get("type")
         try:
             if kind == "Expanded":
-                return self.prior(spec["base"]).expand(tuple(spec["batch_shape"]))
+                return self.prior(spec["base"]).expand(_shape(spec["batch_shape"]))
             if kind == "Independent":
-                return self.prior(spec["base"]).to_event(int(spec["ndims"]))
+                return self.prior(spec["base"]).to_event(
+                    _count(spec["ndims"], "ndims", 8)
+                )
             if kind == "ImproperUniform":
                 return dist.ImproperUniform(
                     _SUPPORTS[spec["support"]],
-                    tuple(spec["batch_shape"]),
-                    tuple(spec["event_shape"]),
+                    _shape(spec["batch_shape"]),
+                    _shape(spec["event_shape"]),
                 )
             cls = _PRIORS[kind]
             args = _expect(spec["args"], dict, "prior arguments")
             if set(args) != set(cls.arg_constraints):
                 raise FileFormatError(f"prior {kind} with arguments {sorted(args)}")
             return cls(**{k: self(v) for k, v in args.items()})
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             if isinstance(err, FileFormatError):
                 raise
-            raise FileFormatError(f"invalid prior {spec!r}: {err}") from err
+            raise FileFormatError(f"invalid prior {_short(spec)}: {err}") from err
 
     def transform(self, spec: Any) -> AbstractTransform:
         spec = _expect(spec, dict, "transform")
@@ -261,12 +263,13 @@ class _Decoder:
                 ]
                 return TransformSequence(*members, param_priors=priors)
             if kind not in _TRANSFORMS:
-                raise FileFormatError(f"unknown transform {kind!r}")
-            return _TRANSFORMS[kind](spec["output_size"], param_priors=priors)
-        except (KeyError, TypeError, ValueError) as err:
+                raise FileFormatError(f"unknown transform {_short(kind)}")
+            size = _count(spec["output_size"], "output_size", _MAX_SIZE, low=1)
+            return _TRANSFORMS[kind](size, param_priors=priors)
+        except (KeyError, TypeError, ValueError, IndexError) as err:
             if isinstance(err, FileFormatError):
                 raise
-            raise FileFormatError(f"invalid transform {kind!r}: {err}") from err
+            raise FileFormatError(f"invalid transform {_short(kind)}: {err}") from err
 
     def preprocessor(self, spec: Any) -> AbstractPreprocessor:
         spec = _expect(spec, dict, "preprocessor")
@@ -276,12 +279,99 @@ class _Decoder:
         if kind == "ShiftScalePreprocessor":
             try:
                 return ShiftScalePreprocessor(self(spec["loc"]), self(spec["scale"]))
-            except (KeyError, ValueError) as err:
+            except (KeyError, TypeError, ValueError) as err:
                 raise FileFormatError(f"invalid preprocessor: {err}") from err
-        raise FileFormatError(f"unknown preprocessor {kind!r}")
+        raise FileFormatError(f"unknown preprocessor {_short(kind)}")
 
 
 def _expect(value: Any, kind: type, what: Any) -> Any:
     if not isinstance(value, kind):
-        raise FileFormatError(f"{what}: expected a {kind.__name__}, got {value!r}")
+        raise FileFormatError(
+            f"{_short(what)}: expected a {kind.__name__}, got {_short(value)}"
+        )
     return value
+
+
+#: The largest output size and batch dimension a model file may declare.
+_MAX_SIZE = 1 << 24
+
+
+def _short(value: Any, n: int = 80) -> str:
+    """``repr(value)`` cut to ``n`` characters (a damaged value may be huge)."""
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _count(value: Any, what: str, high: int, low: int = 0) -> int:
+    """``value`` checked to be an integer in ``[low, high]`` (not a bool)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or not low <= value <= high
+    ):
+        raise FileFormatError(
+            f"{what} must be an integer in [{low}, {high}], got {_short(value)}"
+        )
+    return value
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    """A stored shape: at most 8 dimensions, each at most `_MAX_SIZE`."""
+    dims = _expect(value, list, "shape")
+    if len(dims) > 8:
+        raise FileFormatError(f"a shape of {len(dims)} dimensions")
+    return tuple(_count(d, "a dimension", _MAX_SIZE) for d in dims)
+
+
+def _field(tree: Mapping[str, Any], key: str, kind: Any, where: str) -> Any:
+    if key not in tree:
+        raise FileFormatError(f"{where} lacks {key!r}")
+    value = tree[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        names = (
+            kind.__name__
+            if isinstance(kind, type)
+            else "/".join(k.__name__ for k in kind)
+        )
+        raise FileFormatError(f"{where}[{key!r}] is not a {names}: {_short(value)}")
+    return value
+
+
+def check_payload(payload: Any) -> None:
+    """Refuse a decoded payload that lacks a part `pollux.load` needs, or holds
+    one of another type (`FileFormatError`)."""
+    _expect(payload, dict, "the payload")
+    if not {"model", "result"} <= set(payload):
+        raise FileFormatError("the payload lacks the model or the result")
+    model = _field(payload, "model", dict, "the payload")
+    kind = _field(model, "kind", str, "the model")
+    if kind == "LuxModel":
+        _count(_field(model, "latent_size", int, "the model"), "latent_size", 4096, 1)
+        outputs = _field(model, "outputs", dict, "the model")
+        if not outputs or not all(
+            isinstance(t, AbstractTransform) for t in outputs.values()
+        ):
+            raise FileFormatError("the model's outputs are not transforms")
+    elif kind == "CannonModel":
+        _count(_field(model, "n_labels", int, "the model"), "n_labels", 64, 1)
+        _count(_field(model, "flux_size", int, "the model"), "flux_size", _MAX_SIZE, 1)
+        _field(model, "flux", str, "the model")
+        _field(model, "label", str, "the model")
+    else:
+        raise FileFormatError(f"unknown model kind {_short(kind)}")
+    result = _field(payload, "result", dict, "the payload")
+    _field(result, "params", dict, "the result")
+    post = _field(result, "posterior", dict, "the result")
+    _field(post, "mean", np.ndarray, "the posterior")
+    _field(post, "cov", np.ndarray, "the posterior")
+    _field(post, "multimodal", (np.ndarray, type(None)), "the posterior")
+    losses = _field(result, "losses", np.ndarray, "the result")
+    if losses.ndim != 1 or losses.size == 0:
+        raise FileFormatError("the result's losses are not a list of numbers")
+    _count(_field(result, "n_iter", int, "the result"), "n_iter", 1 << 40)
+    _field(result, "converged", bool, "the result")
+    for key in ("param_cov", "settings", "calibration"):
+        _field(result, key, dict, "the result")
+    for key in ("preprocessors", "columns", "wavelength", "ranges"):
+        if key in payload:
+            _field(payload, key, dict, "the payload")

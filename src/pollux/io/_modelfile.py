@@ -1,12 +1,14 @@
 """Model files: one zip archive holding a JSON manifest and ``.npy`` arrays.
 
-Format (version 1), documented in docs/model_files.md:
+Format (version 2; version 1 lacks ``payload_sha256``), documented in
+docs/model_files.md:
 
 - ``manifest.json``: ``format`` ("pollux-model"), ``format_version``,
   ``pollux_version``, ``created`` (UTC, ISO 8601), ``x64`` (whether the arrays
   are double precision), ``payload`` (the model definition, the fit result, the
   preprocessors, column names, wavelength grids and training ranges, encoded by
-  `pollux.io._codec`) and ``arrays`` (for every array its dtype, shape and
+  `pollux.io._codec`), ``payload_sha256`` (SHA-256 of the payload's JSON, keys
+  sorted, no spaces) and ``arrays`` (for every array its dtype, shape and
   SHA-256 of its bytes);
 - ``arrays/<key>.npy``: one array per key, in numpy's ``.npy`` format, read with
   ``allow_pickle=False``.
@@ -32,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from ..data import AbstractPreprocessor, PolluxData
-from ._codec import FileFormatError, decode, encode
+from ._codec import FileFormatError, check_payload, decode, encode
+from .checks import MAX_ARRAY_BYTES, Source, json_document, npy_array, zip_members
 
 __all__ = [
     "FORMAT",
@@ -55,8 +58,10 @@ UNREADABLE = (
 )
 FORMAT = "pollux-model"
 #: Version of the layout written by this pollux; files of every earlier version load.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _MANIFEST = "manifest.json"
+#: The largest manifest read (bytes): far above any real one.
+_MAX_MANIFEST = 1 << 26
 
 
 def _version() -> str:
@@ -70,6 +75,12 @@ def _version() -> str:
 
 def _sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def _payload_sha256(tree: Any) -> str:
+    """SHA-256 of the payload's canonical JSON (keys sorted, no spaces)."""
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def write_model_file(
@@ -128,6 +139,7 @@ def write_model_file(
             a.dtype == np.float64 for k, a in arrays.items() if k.startswith("/result/")
         ),
         "payload": tree,
+        "payload_sha256": _payload_sha256(tree),
         "arrays": {
             k: {"dtype": a.dtype.str, "shape": list(a.shape), "sha256": _sha256(a)}
             for k, a in arrays.items()
@@ -148,7 +160,7 @@ def write_model_file(
 
 
 def _open(path: Any, call: str, read: Any) -> Any:
-    """``read(zipfile, where)`` on the model file at ``path``, every way of being
+    """``read(zipfile, src)`` on the model file at ``path``, every way of being
     unreadable turned into a `ValueError` (a missing file: `FileNotFoundError`)."""
     if not isinstance(path, (str, os.PathLike)):
         msg = f"{call}(path=...): expected a file path, got {type(path).__name__}"
@@ -157,16 +169,16 @@ def _open(path: Any, call: str, read: Any) -> Any:
     if not path.is_file():
         msg = f"{call}(path=...): no model file at {str(path)!r}"
         raise FileNotFoundError(msg)
-    where = f"{call}: {str(path)!r}"
+    src = Source(call, path)
     try:
         with zipfile.ZipFile(path) as zf:
-            return read(zf, where)
+            return read(zf, src)
     except UNREADABLE as err:
-        msg = (
-            f"{where} is not a readable pollux model file (not a zip archive, or "
-            f"truncated or damaged: {err!r})"
-        )
-        raise ValueError(msg) from err
+        raise src.error(
+            None,
+            f"not a readable pollux model file (not a zip archive, or truncated "
+            f"or damaged: {err!r})",
+        ) from err
 
 
 def read_manifest(path: Any, call: str) -> dict[str, Any]:
@@ -177,78 +189,101 @@ def read_manifest(path: Any, call: str) -> dict[str, Any]:
 def read_model_file(path: Any, call: str = "pollux.load") -> dict[str, Any]:
     """The decoded payload of a model file, checked; see the module docstring."""
 
-    def read(zf: zipfile.ZipFile, where: str) -> tuple:
-        manifest = _read_manifest(zf, where)
-        return manifest, _read_arrays(zf, manifest, where), where
+    def read(zf: zipfile.ZipFile, src: Source) -> tuple:
+        manifest = _read_manifest(zf, src)
+        zip_members(
+            zf, [_MANIFEST, *(f"arrays{key}.npy" for key in manifest["arrays"])], src
+        )
+        return manifest, _read_arrays(zf, manifest, src), src
 
-    manifest, arrays, where = _open(path, call, read)
+    manifest, arrays, src = _open(path, call, read)
     try:
         payload = decode(manifest["payload"], arrays)
-        if not isinstance(payload, dict) or not {"model", "result"} <= set(payload):
-            raise FileFormatError("the payload lacks the model or the result")
-        payload["info"] = {
-            k: manifest.get(k) for k in ("format_version", "pollux_version", "created")
-        }
-        payload["info"]["x64"] = bool(manifest.get("x64", False))
-        return payload
+        check_payload(payload)
     except FileFormatError as err:
-        msg = f"{where} is damaged or was not written by pollux: {err}"
-        raise ValueError(msg) from err
+        raise src.error(None, f"damaged or not written by pollux: {err}") from err
+    payload["info"] = {
+        k: manifest.get(k) for k in ("format_version", "pollux_version", "created")
+    }
+    payload["info"]["x64"] = manifest.get("x64") is True
+    return payload
 
 
-def _read_manifest(zf: zipfile.ZipFile, where: str) -> dict[str, Any]:
+def _read_manifest(zf: zipfile.ZipFile, src: Source) -> dict[str, Any]:
     try:
-        manifest = json.loads(zf.read(_MANIFEST))
+        info = zf.getinfo(_MANIFEST)
     except KeyError:
-        msg = f"{where} has no {_MANIFEST}: it is not a pollux model file"
-        raise ValueError(msg) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        msg = f"{where}: its {_MANIFEST} is not valid JSON ({err}); the file is damaged"
-        raise ValueError(msg) from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        msg = f"{where} is not a pollux model file (format is not {FORMAT!r})"
-        raise ValueError(msg)
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        msg = f"{where}: invalid format_version {version!r}"
-        raise ValueError(msg)
-    if version > FORMAT_VERSION:
-        msg = (
-            f"{where} was written by pollux {manifest.get('pollux_version')} in "
-            f"model-file format {version}; this pollux reads formats up to "
-            f"{FORMAT_VERSION}. Upgrade pollux to load it"
+        raise src.error(
+            None, f"has no {_MANIFEST}: it is not a pollux model file"
+        ) from None
+    if info.file_size > _MAX_MANIFEST:
+        raise src.error(
+            _MANIFEST, f"declares {info.file_size} bytes", "the file is damaged"
         )
-        raise ValueError(msg)
-    if not isinstance(manifest.get("arrays"), dict) or "payload" not in manifest:
-        msg = f"{where}: the manifest lacks 'arrays' or 'payload'; the file is damaged"
-        raise ValueError(msg)
+    manifest = json_document(zf.read(_MANIFEST), src, _MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise src.error(None, f"not a pollux model file (format is not {FORMAT!r})")
+    version = manifest.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise src.error(_MANIFEST, f"invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise src.error(
+            None,
+            f"written by pollux {manifest.get('pollux_version')} in model-file "
+            f"format {version}; this pollux reads formats up to {FORMAT_VERSION}",
+            "Upgrade pollux to load it",
+        )
+    if version >= 2 and manifest.get("payload_sha256") != _payload_sha256(
+        manifest.get("payload")
+    ):
+        raise src.error(
+            _MANIFEST,
+            "its payload does not match its checksum",
+            "the file was modified or damaged after it was written",
+        )
+    arrays = manifest.get("arrays")
+    if not isinstance(arrays, dict) or "payload" not in manifest:
+        raise src.error(_MANIFEST, "lacks 'arrays' or 'payload'", "the file is damaged")
+    for key, meta in arrays.items():
+        if not (
+            key.startswith("/")
+            and isinstance(meta, dict)
+            and isinstance(meta.get("dtype"), str)
+            and isinstance(meta.get("shape"), list)
+            and isinstance(meta.get("sha256"), str)
+        ):
+            raise src.error(
+                f"the record of array {key!r}", "is damaged", "the file is damaged"
+            )
     return manifest
 
 
 def _read_arrays(
-    zf: zipfile.ZipFile, manifest: dict[str, Any], where: str
+    zf: zipfile.ZipFile, manifest: dict[str, Any], src: Source
 ) -> dict[str, np.ndarray]:
     arrays = {}
     for key, meta in manifest["arrays"].items():
-        try:
-            raw = zf.read(f"arrays{key}.npy")
-            arr = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
-        except KeyError:
-            msg = f"{where}: the array {key!r} is missing; the file is damaged"
-            raise ValueError(msg) from None
-        except ValueError as err:
-            msg = f"{where}: the array {key!r} cannot be read ({err})"
-            raise ValueError(msg) from err
-        if not isinstance(meta, dict) or (
-            _sha256(arr) != meta.get("sha256")
-            or arr.dtype.str != meta.get("dtype")
-            or list(arr.shape) != meta.get("shape")
+        item = f"array {key!r}"
+        member = f"arrays{key}.npy"
+        if zf.getinfo(member).file_size > MAX_ARRAY_BYTES:
+            raise src.error(item, "declares an impossible size", "the file is damaged")
+        arr = npy_array(zf.read(member), src, item)
+        if (
+            _sha256(arr) != meta["sha256"]
+            or arr.dtype.str != meta["dtype"]
+            or list(arr.shape) != meta["shape"]
         ):
-            msg = (
-                f"{where}: the array {key!r} does not match its checksum; the file "
-                "was modified or damaged after it was written"
+            raise src.error(
+                item,
+                "does not match its checksum",
+                "the file was modified or damaged after it was written",
             )
-            raise ValueError(msg)
+        if arr.dtype.kind not in "biuf":
+            raise src.error(
+                item,
+                f"holds values of dtype {arr.dtype}; a model file holds real numbers",
+                "the file was not written by pollux",
+            )
         arrays[key] = arr
     return arrays
 
@@ -263,8 +298,23 @@ def preprocessors_of(data: Any, outputs: Mapping[str, Any], call: str) -> dict:
         raise TypeError(msg)
     out: dict[str, AbstractPreprocessor] = {}
     for name, output in data.items():
-        if name in outputs:
-            out[name] = output.preprocessor
+        if name not in outputs:
+            continue
+        size = outputs[name].output_size
+        widths = {
+            p: np.shape(getattr(output.preprocessor, p, 0.0)) for p in ("loc", "scale")
+        }
+        if output.shape[1] != size or any(
+            w not in ((), (size,)) for w in widths.values()
+        ):
+            msg = (
+                f"{call}(data=...): the model's output {name!r} has {size} "
+                f"dimensions but the data has {output.shape[1]} and its "
+                f"preprocessor's loc and scale have shapes {list(widths.values())}; "
+                "give the data (and preprocessors) the model was trained with"
+            )
+            raise ValueError(msg)
+        out[name] = output.preprocessor
     if not out:
         msg = (
             f"{call}(data=...): the data holds none of the model's outputs "

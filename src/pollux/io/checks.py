@@ -44,7 +44,7 @@ __all__ = [
 ]
 
 #: The largest array a file may declare (bytes) before it is refused unread.
-MAX_ARRAY_BYTES = 1 << 36
+MAX_ARRAY_BYTES = 1 << 32
 #: The deepest nesting of lists and objects a JSON manifest may hold.
 MAX_DEPTH = 32
 
@@ -65,7 +65,9 @@ class Source:
     call: str
     path: Any
 
-    def error(self, item: str | None, problem: str, fix: str | None = None) -> FileError:
+    def error(
+        self, item: str | None, problem: str, fix: str | None = None
+    ) -> FileError:
         """The `FileError` of ``problem`` with ``item`` (None: the whole file)."""
         where = f"{self.call}: file '{os.fspath(self.path)}'"
         if item:
@@ -168,9 +170,11 @@ def unique_names(
     seen: dict[str, str] = {}
     for n in names:
         if n.lower() in seen:
+            first = seen[n.lower()]
             raise error(
                 f"the name {n!r} appears twice"
-                + ("" if seen[n.lower()] == n else f" (as {seen[n.lower()]!r})"),
+                if first == n
+                else f"the names {first!r} and {n!r} differ only in case",
                 "give every column its own name",
             )
         seen[n.lower()] = n
@@ -220,7 +224,9 @@ def json_document(raw: bytes, src: Source, item: str) -> Any:
     try:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
-        raise src.error(item, f"is not valid JSON ({err})", "the file is damaged") from None
+        raise src.error(
+            item, f"is not valid JSON ({err})", "the file is damaged"
+        ) from None
     stack = [(doc, 0)]
     while stack:  # the depth, without recursion
         node, depth = stack.pop()
@@ -248,9 +254,13 @@ def npy_array(raw: bytes, src: Source, item: str) -> np.ndarray:
         }[version]
         shape, fortran, dtype = read_header(buf)
     except Exception as err:
-        raise src.error(item, f"is not a .npy array ({err})", "the file is damaged") from None
+        raise src.error(
+            item, f"is not a .npy array ({err})", "the file is damaged"
+        ) from None
     if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields:
-        raise src.error(item, f"holds values of dtype {dtype}, not numbers")
+        raise src.error(
+            item, f"cannot be read: it holds values of dtype {dtype}, not numbers"
+        )
     n = math.prod(shape)
     size = n * dtype.itemsize
     body = len(raw) - buf.tell()
@@ -271,7 +281,7 @@ def zip_members(zf: zipfile.ZipFile, expected: Iterable[str], src: Source) -> No
     expected = set(expected)
     for name in names:
         parts = PurePosixPath(name.replace("\\", "/")).parts
-        if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
+        if name.startswith(("/", "\\")) or ".." in parts or name[1:2] == ":":
             raise src.error(
                 f"member {name!r}", "has an unsafe name", "the file was tampered with"
             )

@@ -98,12 +98,28 @@ def _checked_extras(payload: Mapping[str, Any], lux: LuxModel) -> dict[str, Any]
                 raise ValueError(f"{kind} of an unknown output {name!r}")
             if kind == "preprocessors" and not isinstance(value, AbstractPreprocessor):
                 raise TypeError(f"the preprocessor of {name!r} is {value!r}")
+            if kind == "preprocessors" and not all(
+                np.shape(getattr(value, p, 0.0)) in ((), (sizes[name],))
+                for p in ("loc", "scale")
+            ):
+                raise ValueError(
+                    f"the preprocessor of {name!r} is not of width {sizes[name]}"
+                )
             if kind == "columns" and (
                 not isinstance(value, tuple) or len(value) != sizes[name]
             ):
                 raise ValueError(f"the columns of {name!r} are {value!r}")
             if kind == "wavelength" and np.shape(value) != (sizes[name],):
                 raise ValueError(f"the wavelength of {name!r} has the wrong shape")
+            if kind == "wavelength" and not (
+                np.all(np.isfinite(value))
+                and np.all(np.asarray(value) > 0)
+                and np.all(np.diff(value) > 0)
+            ):
+                raise ValueError(
+                    f"the stored wavelength grid of {name!r} is not finite, "
+                    "positive and increasing"
+                )
             if kind == "ranges" and not (
                 set(value) == {"min", "max"}
                 and all(np.shape(v) == (sizes[name],) for v in value.values())
@@ -146,6 +162,13 @@ def result_from_payload(model: Any, tree: Mapping[str, Any], where: str) -> FitR
             required=[k for k in params if k != LATENTS],
         )
         flags = post["multimodal"]
+        n, k = np.shape(post["mean"])[:1], model.latent_size
+        if (
+            np.shape(post["mean"]) != (*n, k)
+            or np.shape(post["cov"]) != (*n, k, k)
+            or (flags is not None and np.shape(flags) != n)
+        ):
+            raise TypeError("the training posterior has the wrong shape")
         posterior = LatentPosterior(
             jnp.asarray(post["mean"]),
             jnp.asarray(post["cov"]),

@@ -17,6 +17,7 @@ from ..data import PolluxData
 from ..fit import FitResult, Model
 from ..fit.checks import check_params
 from ..io import preprocessors_of, write_model_file
+from ..io.checks import unique_names
 
 __all__ = ["save_model"]
 
@@ -112,7 +113,7 @@ def _check_columns(columns: Any, lux: Model, call: str) -> dict[str, tuple]:
                 f"{list(cols)}"
             )
             raise ValueError(msg)
-        out[name] = cols
+        out[name] = unique_names(cols, None, "columns", call=call)
     return out
 
 

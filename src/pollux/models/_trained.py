@@ -13,6 +13,7 @@ import numpy as np
 from .._params import SCATTER
 from ..data import AbstractPreprocessor, OutputData, PolluxData
 from ..fit import FitResult, LatentPosterior
+from ..fit.checks import observed_count
 from .cannon import CannonModel
 from .lux import LuxModel
 
@@ -347,7 +348,15 @@ class TrainedModel:
             pred = self.model.predict(pre, self.result)
             return pred, None, pred[self.model.label].data
         params = self.result.params
-        posterior = self.lux.infer_latents(pre, params, names=given)
+        if any(observed_count(pre[name]) for name in given):
+            posterior = self.lux.infer_latents(pre, params, names=given)
+        else:  # nothing to infer from: the prior (every row is flagged no_data)
+            n, k = len(pre), self.lux.latent_size
+            dtype = jnp.result_type(pre[given[0]].data.dtype, jnp.float32)
+            posterior = LatentPosterior(
+                jnp.zeros((n, k), dtype),
+                jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n, k, k)),
+            )
         pred = self.lux.predict(
             posterior, params, names=names, param_cov=self.result.param_cov
         )

@@ -46,7 +46,7 @@ from ...core.pca import pca_scores
 from ...core.problem import EMProblem
 from ...data.values import is_lazy
 from .._sizes import chunk_size_for
-from ..checks import check_output, read_block
+from ..checks import check_output, fully_fixed, read_block, require_observed
 from ._base import Backend, Final, Prepared
 
 __all__ = ["Chunk", "Dask", "DaskPasses", "Runner", "chunks_of", "is_lazy_data"]
@@ -215,9 +215,10 @@ _s_value_pass = jax.jit(em.s_value_pass)
 
 
 def _w_constants(chunk: Chunk, state, template: EMProblem):
-    """The observed count and the sums of the s floors."""
+    """The observed count of each output and the sums of the s floors."""
     problem = _problem(template, chunk)
-    return (count_observed(problem.blocks), _floor_sums(problem)), None
+    counts = tuple(count_observed((b,)) for b in problem.blocks)
+    return (counts, _floor_sums(problem)), None
 
 
 def _w_pass_a(chunk: Chunk, state, template: EMProblem, params):
@@ -341,8 +342,10 @@ class DaskPasses:
 
     def __init__(self, runner: Runner, problem: EMProblem):
         self.runner, self.problem = runner, problem
-        (n_obs, floor_sums), _ = runner.run(_w_constants, problem)
-        self.n_obs = float(n_obs)
+        (counts, floor_sums), _ = runner.run(_w_constants, problem)
+        #: Observed values of each output.
+        self.observed = tuple(int(c) for c in counts)
+        self.n_obs = float(sum(self.observed))
         self.floors = _host(em.floors_from_sums)(problem, floor_sums)
 
     def posterior(self, params: tuple):
@@ -479,6 +482,12 @@ class Dask(Backend):
         )
         problem, params = problem_for(empty, size, None)
         passes = DaskPasses(runner, problem)
+        require_observed(
+            dict(zip(plan.names, passes.observed, strict=True)),
+            plan.call,
+            each=True,
+            fixed=fully_fixed(model, plan.fixed),
+        )
         return Prepared(
             problem=problem,
             params=params,
