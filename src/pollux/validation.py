@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .data import PolluxData
-from .fit.checks import check_data, resolve_names
+from .fit.checks import check_data, require_data, require_stars, resolve_names
 from .fit.heldout import (
     HeldOutPredictions,
     check_folds,
@@ -154,6 +154,7 @@ def held_out_predictions(
     model = _resolve_model(make_model, call)
     data = check_data(data, call)
     given, targets, kwargs = _plan(model, data, given, fit_kwargs, call)
+    require_data(data, (*given, *targets), call, each=True)
     folds = check_folds(folds, len(data), call, allow_fraction=True)
     seed = check_seed(seed, call)
     return held_out(
@@ -342,6 +343,7 @@ def select_model(
             msg = f"{call}(candidates=...): names must be strings, got {name!r}"
             raise TypeError(msg)
     data = check_data(data, call)
+    require_stars(len(data), call)
     folds = check_folds(folds, len(data), call, allow_fraction=True)
     seed = check_seed(seed, call)
     models, plans = {}, {}
@@ -367,6 +369,7 @@ def select_model(
                 )
                 raise ValueError(msg)
     given, targets = first[0], first[1]
+    require_data(data, (*given, *targets), call, each=True)
 
     scores, rmse, z_std = {}, {}, {}
     n_held = 0

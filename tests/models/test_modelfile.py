@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import zipfile
@@ -214,14 +215,25 @@ def test_committed_file_keeps_loading():
 
 
 # Refusals ---------------------------------------------------------------------------
-def _rewrite(src: Path, dst: Path, edit_manifest=None, edit_array=None) -> Path:
-    """Copy a model file, changing its manifest or one array (checksums untouched)."""
+def _rewrite(
+    src: Path, dst: Path, edit_manifest=None, edit_array=None, *, crafted=True
+) -> Path:
+    """Copy a model file, changing its manifest or one array (the array
+    checksums untouched). ``crafted``: the payload's checksum rewritten to match,
+    as in a file made by hand, so that the checks behind it are reached."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
         for item in zin.infolist():
             raw = zin.read(item)
             if item.filename == "manifest.json" and edit_manifest:
                 manifest = json.loads(raw)
                 edit_manifest(manifest)
+                if crafted and "payload_sha256" in manifest:
+                    text = json.dumps(
+                        manifest["payload"], sort_keys=True, separators=(",", ":")
+                    )
+                    manifest["payload_sha256"] = hashlib.sha256(
+                        text.encode()
+                    ).hexdigest()
                 raw = json.dumps(manifest).encode()
             elif edit_array and item.filename == edit_array[0]:
                 arr = np.load(io.BytesIO(raw))
@@ -286,6 +298,9 @@ def test_refuses_bad_files(tmp_path, saved):
 
     with pytest.raises(ValueError, match=r"shape|latent"):
         plx.load(_rewrite(saved, tmp_path / "t4.pollux", wrong_k))
+    # The same edit without the checksum rewritten: refused as damage.
+    with pytest.raises(ValueError, match="payload does not match its checksum"):
+        plx.load(_rewrite(saved, tmp_path / "t4b.pollux", wrong_k, crafted=False))
 
     def code(manifest):
         manifest["payload"]["model"]["outputs"]["flux"]["$transform"]["type"] = (

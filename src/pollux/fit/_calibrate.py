@@ -37,7 +37,7 @@ from ..core.blocks import Block
 from ..core.sstep import s_step
 from ..data import PolluxData
 from ._results import FitResult
-from .checks import check_data, check_params
+from .checks import check_data, check_params, require_data
 from .heldout import (
     HeldOutPredictions,
     check_folds,
@@ -212,6 +212,7 @@ def calibrate(
             msg = f"{call}(result=...): params[{name!r}] has no extra scatter 's'"
             raise ValueError(msg)
     check_outputs_in_data(data, (*given, *targets), call)
+    require_data(data, (*given, *targets), call, each=True)
     folds = check_folds(folds, len(data), call)
     seed = check_seed(seed, call)
     if not isinstance(progress, bool):

@@ -21,8 +21,7 @@ from .checks import (
     check_output,
     check_params,
     fully_fixed,
-    observed_count,
-    require_observed,
+    require_data,
     require_scatter,
     require_stars,
     resolve_names,
@@ -159,17 +158,9 @@ def _data_plan(
     """The `Plan` of a call on ``data``: stars to work on, each output's size and
     variance checked, and (in memory) something observed to work from; Dask data
     are counted in the back-end's first pass (`require_observed`)."""
-    require_stars(len(data), call)
     for name in names:
         check_output(model, name, data[name], fixed, call)
-    in_memory = [name for name in names if not data[name].lazy]
-    if in_memory and len(in_memory) == len(names):
-        require_observed(
-            {name: observed_count(data[name]) for name in names},
-            call,
-            each=fit,
-            fixed=fully_fixed(model, fixed),
-        )
+    require_data(data, names, call, each=fit, fixed=fully_fixed(model, fixed))
     return Plan(
         call=call,
         names=names,

@@ -324,3 +324,15 @@ def fully_fixed(model: Model, fixed: Mapping[str, Any]) -> set[str]:
             for p in (*t.param_names, *([SCATTER] if t.scatter_prior else []))
         )
     }
+
+
+def require_data(
+    data: PolluxData, names: Iterable[str], call: str, *, each: bool, fixed=()
+) -> None:
+    """Refuse data with no stars, or (in memory) nothing observed in
+    ``names`` (`require_observed`; Dask data are counted where they are read)."""
+    names = tuple(names)
+    require_stars(len(data), call)
+    if not any(data[name].lazy for name in names):
+        counts = {name: observed_count(data[name]) for name in names}
+        require_observed(counts, call, each=each, fixed=fixed)

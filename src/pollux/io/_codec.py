@@ -360,7 +360,15 @@ def check_payload(payload: Any) -> None:
     else:
         raise FileFormatError(f"unknown model kind {_short(kind)}")
     result = _field(payload, "result", dict, "the payload")
-    _field(result, "params", dict, "the result")
+    params = _field(result, "params", dict, "the result")
+    for name, value in params.items():
+        if isinstance(value, dict):
+            for key in value:
+                _field(value, key, np.ndarray, f"the parameters of {name!r}")
+        else:
+            _field(params, name, np.ndarray, "the parameters")
+    for name in _field(result, "param_cov", dict, "the result"):
+        _field(result["param_cov"], name, np.ndarray, "param_cov")
     post = _field(result, "posterior", dict, "the result")
     _field(post, "mean", np.ndarray, "the posterior")
     _field(post, "cov", np.ndarray, "the posterior")
@@ -370,7 +378,7 @@ def check_payload(payload: Any) -> None:
         raise FileFormatError("the result's losses are not a list of numbers")
     _count(_field(result, "n_iter", int, "the result"), "n_iter", 1 << 40)
     _field(result, "converged", bool, "the result")
-    for key in ("param_cov", "settings", "calibration"):
+    for key in ("settings", "calibration"):
         _field(result, key, dict, "the result")
     for key in ("preprocessors", "columns", "wavelength", "ranges"):
         if key in payload:

@@ -67,21 +67,24 @@ def load(path: Any) -> TrainedModel:
             "jax_enable_x64 before loading for the same numbers as when it was saved",
             stacklevel=2,
         )
-    try:
+    part = "the model definition"
+    try:  # the payload's structure is checked (pollux.io); its meaning here
         model = _model_from(payload["model"])
-    except (KeyError, TypeError, ValueError) as err:
-        msg = f"{where}: the model definition is damaged ({err})"
-        raise ValueError(msg) from err
-    lux = model.model if isinstance(model, CannonModel) else model
-    result = result_from_payload(lux, payload["result"], where)
-    try:
+        lux = model.model if isinstance(model, CannonModel) else model
+        part = "the stored fit result"
+        result = result_from_payload(lux, payload["result"], where)
+        part = "the stored preprocessors, columns or ranges"
         extras = _checked_extras(payload, lux)
-    except (KeyError, TypeError, ValueError) as err:
-        msg = (
-            f"{where}: the stored preprocessors, columns or ranges are damaged ({err})"
-        )
+        return TrainedModel(model=model, result=result, info=payload["info"], **extras)
+    except _DAMAGE as err:
+        if where in str(err):
+            raise
+        msg = f"{where}: {part} is damaged or inconsistent ({err})"
         raise ValueError(msg) from err
-    return TrainedModel(model=model, result=result, info=payload["info"], **extras)
+
+
+#: What building a model from a damaged (but well-formed) payload can raise.
+_DAMAGE = (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError)
 
 
 def _checked_extras(payload: Mapping[str, Any], lux: LuxModel) -> dict[str, Any]:
@@ -185,7 +188,7 @@ def result_from_payload(model: Any, tree: Mapping[str, Any], where: str) -> FitR
             calibration=dict(tree["calibration"]),
         )
     except (KeyError, TypeError, IndexError) as err:
-        msg = f"{where}: the stored fit result is incomplete or damaged ({err!r})"
+        msg = f"{where}: the stored fit result is incomplete or damaged ({err})"
         raise ValueError(msg) from err
 
 
