@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 
 #: Examples per target in a long run (None: each test's own, small number).
 LONG_RUN = int(os.environ.get("POLLUX_FUZZ_EXAMPLES", "0")) or None
@@ -44,7 +44,9 @@ def digest(path: Path) -> str:
     """SHA-256 of a file, or of every file under a folder (names included)."""
     h = hashlib.sha256()
     path = Path(path)
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    )
     for p in files:
         h.update(str(p.relative_to(path) if path.is_dir() else "").encode())
         h.update(p.read_bytes())
@@ -76,11 +78,15 @@ def refused_or_result(call: Callable[[], Any], *paths: Path, names: Any = None) 
     names = [Path(p).name for p in paths] if names is None else list(names)
     try:
         with watchdog():
-            return call()
+            result = call()
     except (ValueError, TypeError) as err:
         text = str(err)
         assert any(n in text for n in names), f"the message names no file: {text}"
         assert "\n" not in text.strip(), f"the message is not one line: {text}"
+        event("outcome: refused")
         return None
+    else:
+        event("outcome: accepted")
+        return result
     finally:
         assert [digest(p) for p in paths] == before, "a file on disk was changed"
