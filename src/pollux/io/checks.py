@@ -223,7 +223,11 @@ def json_document(raw: bytes, src: Source, item: str) -> Any:
     """``raw`` parsed as JSON, with at most `MAX_DEPTH` levels of nesting."""
     try:
         doc = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+    except RecursionError:
+        raise src.error(
+            item, f"nests deeper than {MAX_DEPTH} levels", "the file is damaged"
+        ) from None
+    except (ValueError, UnicodeDecodeError) as err:
         raise src.error(
             item, f"is not valid JSON ({err})", "the file is damaged"
         ) from None
