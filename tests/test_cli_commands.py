@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 import pollux as plx
 import pollux._jaxcache
 from pollux import cli
+from pollux.io import FORMAT_VERSION
 from pollux.models.transforms import LinearTransform
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -592,7 +593,7 @@ def test_info_describes_the_model_file(trained, capsys):
     rc, out, err = _run(capsys, "info", trained.path)
     assert rc == 0, err
     assert str(trained.path) in out
-    assert "format 1" in out and "float64" in out
+    assert f"format {FORMAT_VERSION}" in out and "float64" in out
     assert "output 'flux': LinearTransform(8)" in out
     assert "λ 15100.0–15200.0 Å" in out
     assert "output 'label': LinearTransform(2)" in out
@@ -1051,7 +1052,7 @@ def test_predict_of_a_file_without_spectra_is_a_usage_error(trained, tmp_path, c
     )
     out = tmp_path / "out.csv"
     rc, _, err = _predict(capsys, trained.path, [empty], out)
-    _assert_usage_error(rc, err, "predict", "hold no spectra")
+    _assert_usage_error(rc, err, "predict", "empty.npz", "no spectra")
     assert not out.exists()
 
 

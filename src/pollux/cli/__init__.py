@@ -8,11 +8,18 @@
 - ``pollux report MODEL [INPUT...] --out DIR``: diagnostic figures;
 - ``pollux demo``: simulated stars with underestimated flux errors.
 
-Exit status: 0 on success, 2 for bad usage or bad input (a message, no
-traceback), 130 when interrupted. ``train``, ``predict`` and ``report`` keep JAX's
-compiled programs in a persistent cache (``$POLLUX_CACHE_DIR``, else the user's
-cache folder) unless given ``--no-cache``; importing pollux as a library changes
-no JAX setting.
+Exit status: 0 on success, 2 for bad usage or bad input (one line naming the
+file or the setting at fault, no traceback), 130 when interrupted. No command
+writes over one of its inputs; outputs that collide with an input or with each
+other are refused before any work; outputs are written under temporary names
+and moved into place only once complete, so a failed or interrupted command
+leaves nothing it created (an existing output, with ``--overwrite``, is
+replaced only then). The one exception is a ``.zarr`` store of ``predict``,
+kept once a chunk is done so that running again resumes it.
+
+``train``, ``predict`` and ``report`` keep JAX's compiled programs in a
+persistent cache (``$POLLUX_CACHE_DIR``, else the user's cache folder) unless
+given ``--no-cache``; importing pollux as a library changes no JAX setting.
 """
 
 from __future__ import annotations
@@ -303,8 +310,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, TypeError, OSError) as err:
         if isinstance(err, OSError) and err.filename is not None:
             err = f"{err.strerror}: {err.filename!r}"  # e.g. permission denied
-        print(f"pollux {args.command}: error: {err}", file=sys.stderr)
+        _error(args.command, str(err))
+        return 2
+    except MemoryError as err:  # a size no setting bounded: still no traceback
+        _error(args.command, f"out of memory ({err}); give smaller inputs or sizes")
+        return 2
+    except RecursionError:
+        _error(args.command, "an input is nested too deeply to be read")
         return 2
     except KeyboardInterrupt:
         print(f"pollux {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(command: str, text: str) -> None:
+    """``pollux COMMAND: error: TEXT`` on one line of stderr: a message of many
+    lines (a library's table of formats) keeps its first; characters stderr
+    cannot encode are escaped."""
+    lines = text.strip().splitlines() or ["(no message)"]
+    line = f"pollux {command}: error: {lines[0]}"
+    encoding = getattr(sys.stderr, "encoding", None) or "utf-8"
+    line = line.encode(encoding, "backslashreplace").decode(encoding, "replace")
+    print(line, file=sys.stderr)

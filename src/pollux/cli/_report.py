@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._common import Staged, staged_outputs
 
 __all__ = ["write_report"]
 
@@ -21,23 +21,32 @@ def write_report(
     reference: tuple[np.ndarray, np.ndarray | None] | None,
     out: Path,
     max_stars: int = 6,
+    staged: Staged | None = None,
 ) -> list[Path]:
     """Write PNG figures (and ``summary.json``) about ``trained`` into ``out``.
+
+    The figures go into a temporary folder beside ``out``, which replaces ``out``
+    only once every figure is written (with ``staged``: when it is committed).
 
     Always: the loss curve, the learned flux scatter against wavelength and the
     training stars' latents. With spectra: residual spectra of up to
     ``max_stars`` of them and their latents. With reference labels too:
     predicted against reference labels, residuals against SNR, z-scores.
     """
-    final, out = out, out.with_name(f".{out.name}.partial")
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        written = _write_figures(trained, flux, flux_err, reference, out, max_stars)
-        shutil.rmtree(final, ignore_errors=True)  # --overwrite: no stale figures
-        os.replace(out, final)
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    return [final / p.name for p in written]
+    if staged is None:
+        with staged_outputs() as own:
+            return write_report(
+                trained,
+                flux,
+                flux_err,
+                reference=reference,
+                out=out,
+                max_stars=max_stars,
+                staged=own,
+            )
+    tmp = staged.folder(out)  # --overwrite: the old folder goes, no stale figure
+    written = _write_figures(trained, flux, flux_err, reference, tmp, max_stars)
+    return [out / p.name for p in written]
 
 
 def _write_figures(
@@ -50,7 +59,7 @@ def _write_figures(
 ) -> list[Path]:
     from .. import plot
 
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     result, lux = trained.result, trained.lux
     plot.loss_curve(result, path=out / "loss_curve.png")
     written = [out / "loss_curve.png"]
@@ -84,7 +93,7 @@ def _write_figures(
     summary: dict[str, Any] = {
         "n_iter": result.n_iter,
         "converged": result.converged,
-        "final_loss": float(np.asarray(result.losses)[-1]),
+        "final_loss": _last(result.losses),
     }
     if flux is not None:
         labels = trained.label({"flux": (flux, flux_err)})
@@ -152,6 +161,11 @@ def _write_figures(
     return written
 
 
+def _last(losses: Any) -> float:
+    values = np.asarray(losses, dtype=float).ravel()
+    return float(values[-1]) if values.size else float("nan")
+
+
 def _finite_or_none(tree: Any) -> Any:
     """JSON has no NaN: non-finite numbers become null."""
     if isinstance(tree, dict):
@@ -175,17 +189,40 @@ def _model_flux(trained: Any, labels: Any) -> np.ndarray:
 
 def report(args: Any) -> int:
     """``pollux report``: figures of a model file, on spectra files if given."""
-    from ._common import UsageError, check_output_path, load_model, match_rows
-
-    check_output_path(
-        args.out, overwrite=args.overwrite, what="report folder", folder=True
+    from ._common import (
+        UsageError,
+        check_distinct,
+        check_input_file,
+        check_no_repeats,
+        check_output_path,
+        check_replaceable_folder,
+        load_model,
+        match_rows,
     )
+
+    sources = [("model file", args.model), *(("INPUT", p) for p in args.inputs)]
+    if args.labels is not None:
+        sources.append(("--labels table", args.labels))
+    check_distinct([("report folder", args.out, True)], sources)
+    what = "report folder"
+    check_output_path(args.out, overwrite=args.overwrite, what=what, folder=True)
+    check_replaceable_folder(args.out, what)
     if args.labels is not None and not args.inputs:
         raise UsageError("--labels needs INPUT spectra files to compare with")
+    for path in args.inputs:
+        check_input_file(path, "input", folder_ok=True)  # a zarr store is a folder
+    check_no_repeats(args.inputs, "INPUT")
+    if args.labels is not None:
+        check_input_file(args.labels, "--labels table")
+    if args.id_column is not None and args.labels is None:
+        raise UsageError("--id-column names a column of --labels: give --labels")
     trained = load_model(args.model, cache=not args.no_cache)
     missing = [k for k in ("flux", "label") if k not in trained.fitted]
     if missing:
-        msg = f"the model has no fitted output {missing} (report draws flux and label)"
+        msg = (
+            f"model file {str(args.model)!r}: no fitted output {missing} (report "
+            "draws flux and label)"
+        )
         raise UsageError(msg)
     flux = err = reference = None
     if args.inputs:
@@ -196,14 +233,30 @@ def report(args: Any) -> int:
             wavelength=trained.wavelength.get("flux"),
             visits=args.visits,
         )
+        if len(spectra) == 0:
+            raise UsageError("the INPUT files hold no spectra")
+        if not np.any(np.isfinite(spectra.flux) & np.isfinite(spectra.err)):
+            msg = (
+                f"the INPUT files {[str(p) for p in args.inputs]} hold no observed "
+                "pixel (every spectrum is masked): nothing to draw"
+            )
+            raise UsageError(msg)
         flux, err = spectra.flux, spectra.err
         if args.labels is not None:
             columns = list(trained.columns.get("label", ()))
             if not columns:
-                raise UsageError("the model file names no label columns to look up")
+                msg = (
+                    f"model file {str(args.model)!r} names no label columns to look "
+                    "up in --labels"
+                )
+                raise UsageError(msg)
             table = read_table(args.labels, columns, id_column=args.id_column)
             rows = match_rows(spectra.ids, table, args.id_column, "--labels")
             reference = (table.values[rows], None)
-    paths = write_report(trained, flux, err, reference=reference, out=args.out)
+    try:
+        paths = write_report(trained, flux, err, reference=reference, out=args.out)
+    except OSError as exc:
+        msg = f"report folder {str(args.out)!r}: could not be written ({exc})"
+        raise UsageError(msg) from exc
     print(f"Report ({len(paths)} files) written to {args.out}/")
     return 0

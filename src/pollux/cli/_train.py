@@ -8,7 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from ._common import UsageError, check_output_path, match_rows
+from ._common import (
+    Staged,
+    UsageError,
+    check_distinct,
+    check_input_file,
+    check_no_repeats,
+    check_output_path,
+    check_replaceable_folder,
+    match_rows,
+    staged_outputs,
+)
 from ._config import TrainConfig
 
 __all__ = ["TrainingSet", "build_model", "load_training_set", "train"]
@@ -67,11 +77,17 @@ def load_training_set(cfg: TrainConfig) -> TrainingSet:
         else list(cfg.label_err_columns),
         id_column=cfg.id_column,
     )
-    rows = match_rows(spectra.ids, table, cfg.id_column, "[data]")
+    rows = match_rows(
+        spectra.ids, table, cfg.id_column, f"[data] labels {str(cfg.labels)!r}"
+    )
     labels = table.values[rows]
     keep = np.all(np.isfinite(labels), axis=1) & (spectra.n_bad < spectra.flux.shape[1])
     if keep.sum() < 10:
-        msg = f"[data]: only {int(keep.sum())} stars have complete labels and flux"
+        msg = (
+            f"[data]: only {int(keep.sum())} of the {len(keep)} stars of [data] "
+            "spectra have both flux and every label of [data] label_columns; at "
+            "least 10 are needed"
+        )
         raise UsageError(msg)
     err = None if table.err is None else table.err[rows][keep]
     if err is not None:
@@ -128,30 +144,104 @@ def _flux_preprocessor(flux: np.ndarray) -> Any:
     return ShiftScalePreprocessor(np.where(bad, 1.0, loc), np.where(bad, 1.0, scale))
 
 
+def check_paths(cfg: TrainConfig, config_path: Path, *, overwrite: bool) -> None:
+    """Refuse, before any work, outputs that collide with each other or with an
+    input (the configuration, the label table, a spectra file), existing ones
+    (unless ``overwrite``) and a report folder that is not an old report."""
+    outputs = [("[output] model", cfg.model, False)]
+    if cfg.report is not None:
+        outputs.append(("[output] report", cfg.report, True))
+    inputs = [("configuration file", config_path)]
+    if cfg.labels is not None:
+        inputs.append(("[data] labels table", cfg.labels))
+    inputs += [("[data] spectra file", path) for path in cfg.spectra]
+    check_distinct(outputs, inputs)
+    check_output_path(cfg.model, overwrite=overwrite, what="[output] model file")
+    if cfg.report is not None:
+        what = "[output] report folder"
+        check_output_path(cfg.report, overwrite=overwrite, what=what, folder=True)
+        check_replaceable_folder(cfg.report, what)
+    if cfg.labels is not None:
+        check_input_file(cfg.labels, "[data] labels table")
+    check_no_repeats(cfg.spectra, "[data] spectra: the file")
+
+
 def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) -> int:
     from ._config import read_config
 
     cfg = read_config(config_path)
-    check_output_path(cfg.model, overwrite=overwrite, what="model file")
-    if cfg.report is not None:
-        check_output_path(
-            cfg.report, overwrite=overwrite, what="report folder", folder=True
-        )
+    check_paths(cfg, config_path, overwrite=overwrite)
     from ._common import setup_jax
 
     setup_jax(cache=cache, float64=cfg.float64)
+    where = f"configuration {str(config_path)!r}"
+    t0 = time.perf_counter()
+    try:
+        with staged_outputs() as staged:
+            n_files = _train(cfg, staged, progress)
+    except MemoryError as err:
+        msg = (
+            f"{where}: out of memory ({err}); use fewer stars ([data]) or a smaller "
+            "[model] latent_size"
+        )
+        raise UsageError(msg) from None
+    except FloatingPointError as err:
+        raise UsageError(f"{where}: {err}") from None
+    except RuntimeError as err:  # XLA's RESOURCE_EXHAUSTED: out of device memory
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        first = str(err).strip().splitlines()[0]
+        msg = (
+            f"{where}: out of device memory ({first}); use fewer stars ([data]) or "
+            "a smaller [model] latent_size"
+        )
+        raise UsageError(msg) from None
+    print(f"Model written to {cfg.model}")
+    if cfg.report is not None:
+        print(f"Report ({n_files} files) written to {cfg.report}/")
+    print(f"Total time: {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _check_sizes(cfg: TrainConfig, n_stars: int, n_test: int) -> None:
+    """Settings that the number of stars read makes impossible, named."""
+    n_train = n_stars - n_test
+    if n_train < 10:
+        msg = (
+            f"[output] holdout = {cfg.holdout} leaves {n_train} of "
+            f"{n_stars} stars to train on; at least 10 are needed"
+        )
+        raise UsageError(msg)
+    if cfg.report is not None and n_test == 0:
+        msg = (
+            f"[output] holdout = {cfg.holdout} keeps none of the {n_stars} stars out "
+            'for the [output] report; give a larger holdout, or report = ""'
+        )
+        raise UsageError(msg)
+    if cfg.latent_size > n_train:
+        msg = (
+            f"[model] latent_size = {cfg.latent_size} is more than the {n_train} "
+            "training stars; use a smaller latent_size or more stars"
+        )
+        raise UsageError(msg)
+    if cfg.folds > n_train:
+        msg = (
+            f"[calibrate] folds = {cfg.folds} is more than the {n_train} training "
+            "stars; use fewer folds (0: no calibration) or more stars"
+        )
+        raise UsageError(msg)
+
+
+def _train(cfg: TrainConfig, staged: Staged, progress: bool) -> int:
+    """Read, fit, calibrate; the model file and the report into ``staged``;
+    returns the number of report files."""
     from ..data import OutputData, PolluxData, ShiftScalePreprocessor
 
     t0 = time.perf_counter()
     stars = load_training_set(cfg)
     perm = np.random.default_rng(cfg.split_seed).permutation(len(stars))
     n_test = round(cfg.holdout * len(stars))
-    if len(stars) - n_test < 10:
-        msg = (
-            f"[output] holdout = {cfg.holdout} leaves {len(stars) - n_test} of "
-            f"{len(stars)} stars to train on; at least 10 are needed"
-        )
-        raise UsageError(msg)
+    _check_sizes(cfg, len(stars), n_test)
     train_set, test_set = stars.subset(perm[n_test:]), stars.subset(perm[:n_test])
     print(
         f"Training on {len(train_set)} stars × {stars.flux.shape[1]} pixels, "
@@ -188,29 +278,24 @@ def train(config_path: Path, *, overwrite: bool, cache: bool, progress: bool) ->
         )
         print(f"calibrate: {cfg.folds} folds, {time.perf_counter() - t0:.0f} s so far")
     path = model.save(
-        cfg.model,
+        staged.file(cfg.model),
         result,
         data=data,
         columns={"label": list(stars.columns)},
         wavelength={"flux": stars.wavelength},
-        overwrite=overwrite,
     )
-    print(f"Model written to {path}")
     if cfg.report is not None:
         from ..models import load
         from ._report import write_report
 
         trained = load(path)
-        reference = None
-        if len(test_set):
-            reference = (test_set.label, test_set.label_err)
         paths = write_report(
             trained,
-            test_set.flux if len(test_set) else None,
-            test_set.flux_err if len(test_set) else None,
-            reference=reference,
+            test_set.flux,
+            test_set.flux_err,
+            reference=(test_set.label, test_set.label_err),
             out=cfg.report,
+            staged=staged,
         )
-        print(f"Report ({len(paths)} files) written to {cfg.report}/")
-    print(f"Total time: {time.perf_counter() - t0:.0f} s")
+        return len(paths)
     return 0
