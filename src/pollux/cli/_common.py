@@ -94,12 +94,11 @@ def _real(path: Any) -> str:
 
 
 def same_path(a: Any, b: Any) -> bool:
-    """Whether ``a`` and ``b`` name the same file or folder: the same inode
-    (`pollux.io.checks.same_file`, hard links and symlinks followed) or, for a
-    path that does not exist yet, the same path once symlinks are resolved."""
+    """Whether ``a`` and ``b`` name the same file or folder
+    (`pollux.io.checks.same_file`)."""
     from ..io.checks import same_file
 
-    return same_file(a, b) or _real(a) == _real(b)
+    return same_file(a, b)
 
 
 def is_inside(path: Any, folder: Any) -> bool:

@@ -306,11 +306,12 @@ def zip_members(zf: zipfile.ZipFile, expected: Iterable[str], src: Source) -> No
 
 
 def same_file(a: Any, b: Any) -> bool:
-    """Whether paths ``a`` and ``b`` name the same file or folder (both existing
-    and the same inode, or the same absolute path)."""
+    """Whether paths ``a`` and ``b`` name the same file or folder: the same
+    inode (hard links and symlinks followed) or, for a path that does not exist
+    yet, the same path once symlinks are resolved."""
     try:
-        if os.path.exists(a) and os.path.exists(b):
-            return os.path.samefile(a, b)
+        if os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b):
+            return True
     except OSError:
         pass
-    return os.path.abspath(a) == os.path.abspath(b)
+    return os.path.realpath(os.fspath(a)) == os.path.realpath(os.fspath(b))
