@@ -208,9 +208,10 @@ def header_value(
     ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
         value, (bool, np.bool_)
     )
+    ok = ok and math.isfinite(float(value))
     if ok and kind is int:
         ok = float(value) == int(value)
-    if not ok or not math.isfinite(float(value)):
+    if not ok:
         raise src.error(
             f"header card {key!r}",
             f"holds {value!r}; expected a finite {'integer' if kind is int else 'number'}",

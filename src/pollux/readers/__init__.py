@@ -5,7 +5,9 @@ stored as arrays (npz, HDF5, zarr) into one `Spectra`, resampled (`resample`) on
 the model's wavelength grid and continuum-normalised (`normalize_continuum`) where
 needed. `read_table` reads label columns from FITS/CSV/ECSV tables and `read_arrays`
 named arrays from npz/HDF5/zarr files. Every problem with a file is a ValueError or
-TypeError (FileNotFoundError for a missing path) that names the function and the file.
+TypeError (FileNotFoundError for a missing path) on one line that names the function,
+the file, the item in it (HDU, header card, array, column), what is wrong and what to
+do; what a file holds is checked (`pollux.io.checks`) before it is used.
 
 Examples
 --------

@@ -133,9 +133,14 @@ def read_spectra(
         If a path does not exist.
     ValueError, TypeError
         On bad arguments or files (unknown format, missing HDU or key, shape
-        mismatches, negative errors, corrupted files, grids that do not overlap
-        ``wavelength`` or differ when ``wavelength`` is None); the message names
-        the file.
+        mismatches between HDUs or arrays or with ``NVISITS``, header cards that
+        cannot be parsed or hold the wrong kind of value, complex, bool or text
+        arrays, flux or errors beyond ±1e30, negative errors, wavelengths that
+        are not finite, positive and monotonic, files of no spectra or no
+        pixels, corrupted files, grids that do not overlap ``wavelength`` or
+        differ when ``wavelength`` is None); the message is one line naming the
+        file and the item in it (a ``ReaderError``, i.e. a
+        `pollux.io.checks.FileError`, for a problem with a file).
 
     Examples
     --------
