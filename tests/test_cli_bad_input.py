@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
+from cli_runs import assert_usage_error as _usage_error
+from cli_runs import run as _run
+from cli_runs import run_predict as _predict
 
 import pollux as plx
 import pollux._jaxcache
@@ -89,37 +92,6 @@ class Models:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     return Models(tmp_path_factory.mktemp("models"))
-
-
-def _run(capsys, *argv):
-    """``pollux *argv`` in this process: (exit status, stdout, stderr)."""
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _predict(capsys, model, inputs, out, *extra):
-    return _run(
-        capsys,
-        "predict",
-        model,
-        *inputs,
-        "--out",
-        out,
-        "--no-cache",
-        "--no-progress",
-        *extra,
-    )
-
-
-def _usage_error(rc, err, command, *fragments):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"pollux {command}: error: "), err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def _npz(path, flux, err):

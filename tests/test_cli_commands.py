@@ -25,6 +25,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.table import Table
+from cli_runs import assert_usage_error as _assert_usage_error
+from cli_runs import run as _run
+from cli_runs import run_predict as _predict
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -99,37 +102,6 @@ class Trained:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     return Trained(tmp_path_factory.mktemp("model"))
-
-
-def _run(capsys, *argv):
-    """``pollux *argv`` in this process: (exit status, stdout, stderr)."""
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _predict(capsys, model, inputs, out, *extra):
-    return _run(
-        capsys,
-        "predict",
-        model,
-        *inputs,
-        "--out",
-        out,
-        "--no-cache",
-        "--no-progress",
-        *extra,
-    )
-
-
-def _assert_usage_error(rc, err, command, *fragments):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith(f"pollux {command}: error: "), err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def _save_npz(path, flux, err, wavelength=WAVE, **extra):
