@@ -35,7 +35,14 @@ import numpy as np
 
 from ..data import AbstractPreprocessor, PolluxData
 from ._codec import FileFormatError, check_payload, decode, encode
-from .checks import MAX_ARRAY_BYTES, Source, json_document, npy_array, zip_members
+from .checks import (
+    MAX_ARRAY_BYTES,
+    FileError,
+    Source,
+    json_document,
+    npy_array,
+    zip_members,
+)
 
 __all__ = [
     "FORMAT",
@@ -173,7 +180,9 @@ def _open(path: Any, call: str, read: Any) -> Any:
     try:
         with zipfile.ZipFile(path) as zf:
             return read(zf, src)
-    except UNREADABLE as err:
+    except FileError:
+        raise
+    except (*UNREADABLE, ValueError) as err:  # e.g. a member name not UTF-8
         raise src.error(
             None,
             f"not a readable pollux model file (not a zip archive, or truncated "
