@@ -28,7 +28,7 @@ from ._results import FitResult, LatentPosterior
 from ._run import run
 from ._setup import em_problem
 from .backends import select
-from .checks import blocks_for
+from .checks import blocks_for, fully_fixed, require_observed
 from .polynomial import output_params, polynomial_thetas, vem_problem
 
 if TYPE_CHECKING:
@@ -141,6 +141,7 @@ def _fit_affine(model, data, plan: Plan, settings, loop, accelerate) -> FitResul
             chunk_size=size,
         ),
     )
+    _require_observed(model, plan, prepared.observed)
     params, losses, n_iter, converged = loop(
         backend.sweeps(prepared, _CHUNK, accelerate),
         lambda: backend.start(prepared),
@@ -167,6 +168,13 @@ def _fit_affine(model, data, plan: Plan, settings, loop, accelerate) -> FitResul
         settings=settings,
         stats=backend.stats(prepared),
     )
+
+
+def _require_observed(model: Model, plan: Plan, observed: tuple[int, ...]) -> None:
+    """Refuse a fit with an output of which no value is observed (counted
+    where the back-end placed the data: Dask data in its first pass)."""
+    counts = dict(zip(plan.names, observed, strict=True))
+    require_observed(counts, plan.call, each=True, fixed=fully_fixed(model, plan.fixed))
 
 
 def _all_losses(losses: list, final_loss: Any) -> jax.Array:
@@ -200,6 +208,8 @@ def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitR
     """Variational EM (`pollux.core.vem`) for fits with a non-affine output."""
     names, fixed, call = plan.names, plan.fixed, plan.call
     blocks = blocks_for(model, data, names, fixed, call)
+    observed = tuple(int(count_observed((b,))) for b in blocks)
+    _require_observed(model, plan, observed)
     k, n = model.latent_size, len(data)
     dtype = blocks[0].values.dtype
     z_fixed = fixed.get(LATENTS)
@@ -232,7 +242,7 @@ def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitR
         ),
         lambda: state,
         state,
-        n_obs=int(count_observed(tuple(blocks))),
+        n_obs=sum(observed),
     )
     state, final_loss, row_covs = vem.vem_final(problem, state, _INNER)
     out: dict[str, Any] = {

@@ -20,7 +20,6 @@ from .checks import (
     check_latents_shape,
     check_output,
     check_params,
-    fully_fixed,
     require_data,
     require_scatter,
     require_stars,
@@ -156,11 +155,14 @@ def _data_plan(
     model, data, names, fixed, variational, mesh, chunk_size, call, *, fit: bool
 ) -> Plan:
     """The `Plan` of a call on ``data``: stars to work on, each output's size and
-    variance checked, and (in memory) something observed to work from; Dask data
-    are counted in the back-end's first pass (`require_observed`)."""
+    variance checked, and for a posterior (in memory) something observed to
+    infer from; a fit counts each output where its back-end placed the data."""
     for name in names:
         check_output(model, name, data[name], fixed, call)
-    require_data(data, names, call, each=fit, fixed=fully_fixed(model, fixed))
+    if fit:
+        require_stars(len(data), call)
+    else:
+        require_data(data, names, call, each=False)
     return Plan(
         call=call,
         names=names,

@@ -287,12 +287,6 @@ def _read_arrays(
                 "does not match its checksum",
                 "the file was modified or damaged after it was written",
             )
-        if arr.dtype.kind not in "biuf":
-            raise src.error(
-                item,
-                f"holds values of dtype {arr.dtype}; a model file holds real numbers",
-                "the file was not written by pollux",
-            )
         arrays[key] = arr
     return arrays
 

@@ -247,8 +247,8 @@ def json_document(raw: bytes, src: Source, item: str) -> Any:
 
 
 def npy_array(raw: bytes, src: Source, item: str) -> np.ndarray:
-    """The ``.npy`` bytes ``raw`` as an array, its header checked first: numbers
-    only (no pickled objects), and exactly as many bytes as it declares (so a
+    """The ``.npy`` bytes ``raw`` as an array, its header checked first: real
+    numbers only (no complex values, text or pickled objects), and exactly as many bytes as it declares (so a
     damaged size is refused before anything is allocated)."""
     buf = io.BytesIO(raw)
     try:
@@ -262,9 +262,9 @@ def npy_array(raw: bytes, src: Source, item: str) -> np.ndarray:
         raise src.error(
             item, f"is not a .npy array ({err})", "the file is damaged"
         ) from None
-    if dtype.hasobject or dtype.kind not in "biufc" or dtype.fields:
+    if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields:
         raise src.error(
-            item, f"cannot be read: it holds values of dtype {dtype}, not numbers"
+            item, f"cannot be read: it holds values of dtype {dtype}, not real numbers"
         )
     n = math.prod(shape)
     size = n * dtype.itemsize

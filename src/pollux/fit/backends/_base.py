@@ -32,8 +32,9 @@ class Prepared:
     params
         Start parameters (fixed values, zeros elsewhere): also the structure a
         checkpoint is read into.
-    n_obs
-        Observed values (the stopping rule's scale).
+    observed
+        Observed values of each output (their sum scales the stopping rule;
+        an output without any is refused by the fit).
     n_stars
         The caller's stars (the problem may hold padding beyond them).
     state
@@ -42,9 +43,14 @@ class Prepared:
 
     problem: EMProblem
     params: tuple
-    n_obs: int
+    observed: tuple[int, ...]
     n_stars: int
     state: Any = None
+
+    @property
+    def n_obs(self) -> int:
+        """Observed values in all outputs."""
+        return sum(self.observed)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,7 +46,7 @@ from ...core.pca import pca_scores
 from ...core.problem import EMProblem
 from ...data.values import is_lazy
 from .._sizes import chunk_size_for
-from ..checks import check_output, fully_fixed, read_block, require_observed
+from ..checks import check_output, read_block
 from ._base import Backend, Final, Prepared
 
 __all__ = ["Chunk", "Dask", "DaskPasses", "Runner", "chunks_of", "is_lazy_data"]
@@ -345,7 +345,6 @@ class DaskPasses:
         (counts, floor_sums), _ = runner.run(_w_constants, problem)
         #: Observed values of each output.
         self.observed = tuple(int(c) for c in counts)
-        self.n_obs = float(sum(self.observed))
         self.floors = _host(em.floors_from_sums)(problem, floor_sums)
 
     def posterior(self, params: tuple):
@@ -482,16 +481,10 @@ class Dask(Backend):
         )
         problem, params = problem_for(empty, size, None)
         passes = DaskPasses(runner, problem)
-        require_observed(
-            dict(zip(plan.names, passes.observed, strict=True)),
-            plan.call,
-            each=True,
-            fixed=fully_fixed(model, plan.fixed),
-        )
         return Prepared(
             problem=problem,
             params=params,
-            n_obs=passes.n_obs,
+            observed=passes.observed,
             n_stars=sum(rows),
             state=(passes, rows, LATENTS in plan.fixed, plan.k),
         )

@@ -196,7 +196,7 @@ class Local(Backend):
         return Prepared(
             problem=self.for_devices(problem),
             params=params,
-            n_obs=int(count_observed(blocks)),
+            observed=tuple(int(count_observed((b,))) for b in blocks),
             n_stars=n,
             state=(blocks, size, plan.k),
         )
