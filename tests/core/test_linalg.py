@@ -72,6 +72,30 @@ def test_cholesky_and_solves_match_lapack(m, dtype):
     )
 
 
+@pytest.mark.parametrize(("m", "batch"), [(28, 1000), (3, 20000)])
+def test_map_batch_slices_give_the_whole_batch_result(m, batch):
+    """`ridge_solve` and `ridge_inverse` a cache-sized slice at a time (with
+    identity rows padding the last slice) equal the solve of the whole batch, to
+    the rounding of a backward-stable solve (the slices vectorise differently)."""
+    from pollux.core.mstep import ridge_cholesky, ridge_inverse, ridge_solve
+
+    rng = np.random.default_rng(3)
+    G = jnp.asarray(_spd(rng, batch, m, cond=50.0))
+    c = jnp.asarray(rng.normal(size=(batch, m)))
+    size = linalg._CACHE_ENTRIES // (m * m)
+    assert batch > size and batch % (1 << (size.bit_length() - 1))  # pads
+    L = ridge_cholesky(G)
+    whole = linalg.cho_solve(L, c)
+    tol = _tol(np.float64, m, 50.0)
+    np.testing.assert_allclose(
+        ridge_solve(G, c), whole, rtol=0, atol=tol * np.max(np.abs(whole))
+    )
+    inverse = linalg.inverse_from_cholesky(L)
+    np.testing.assert_allclose(
+        ridge_inverse(G), inverse, rtol=0, atol=tol * np.max(np.abs(inverse))
+    )
+
+
 def test_cholesky_of_a_matrix_that_is_not_positive_definite_is_nan():
     L = linalg.cholesky(jnp.array([[1.0, 2.0], [2.0, 1.0]]))
     assert np.isnan(np.asarray(L)[1, 1])

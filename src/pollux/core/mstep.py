@@ -23,7 +23,7 @@ from jaxtyping import Array, Float
 
 from .blocks import Block
 from .features import sym_pack, sym_unpack
-from .linalg import cho_solve, cholesky, inverse_from_cholesky
+from .linalg import cho_solve, cholesky, inverse_from_cholesky, map_batch
 from .posterior import cov_quadratic_form, second_moments
 from .problem import OutputSpec
 
@@ -52,8 +52,15 @@ def ridge_cholesky(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
 
 
 def ridge_solve(G: Float[Array, "d m m"], c: Array) -> Array:
-    """Batched SPD solve ``G x = c`` (``c``: ``(d, m)`` vectors or ``(d, m, r)``)."""
-    return cho_solve(ridge_cholesky(G), c)
+    """Batched SPD solve ``G x = c`` (``c``: ``(d, m)`` vectors or ``(d, m, r)``),
+    a cache-sized slice of rows at a time (`map_batch`)."""
+    return map_batch(lambda g, r: cho_solve(ridge_cholesky(g), r), G, c)
+
+
+def ridge_inverse(G: Float[Array, "d m m"]) -> Float[Array, "d m m"]:
+    """``G⁻¹`` of each row's normal matrix (with `ridge_cholesky`'s jitter), a
+    cache-sized slice of rows at a time."""
+    return map_batch(lambda g: inverse_from_cholesky(ridge_cholesky(g)), G)
 
 
 def affine_stats(
@@ -160,7 +167,7 @@ def row_covariances(
     if spec.A_free:
         G, _ = normal_equations(spec, stats, ridge)
         m = G.shape[-1]
-        return out.at[:, :m, :m].set(inverse_from_cholesky(ridge_cholesky(G)))
+        return out.at[:, :m, :m].set(ridge_inverse(G))
     if spec.solve_b:
         b_prec = ridge["b"][1]
         return out.at[:, k, k].set(1.0 / (stats[1] + b_prec))

@@ -41,7 +41,7 @@ from .features import (
     sym_unpack,
 )
 from .linalg import cholesky, inverse_from_cholesky
-from .mstep import ridge_cholesky, ridge_solve
+from .mstep import ridge_inverse, ridge_solve
 from .posterior import precisions
 from .sstep import s_step
 from .variational import e_step, star_stats
@@ -281,5 +281,5 @@ def vem_final(
             row_covs.append(jnp.zeros((d, mo, mo), mean.dtype))
             continue
         G = _normal_matrix(second, precisions(block, _s2(spec, p)), idx, ridge[1])
-        row_covs.append(inverse_from_cholesky(ridge_cholesky(G)))
+        row_covs.append(ridge_inverse(G))
     return VState(state.params, mean, prec), loss, tuple(row_covs)

@@ -37,7 +37,12 @@ if TYPE_CHECKING:
 __all__ = ["fit_em"]
 
 _CHUNK = 10  # EM iterations per compiled call (one host sync per chunk)
-_INNER = 5  # natural-gradient updates of the latent posteriors per variational sweep
+# Natural-gradient updates of the latent posteriors per variational sweep: one
+# (each sweep's M-step moves the parameters anyway; 2,000 APOGEE-like stars,
+# quadratic K = 6: 42 SQUAREM cycles with one, 41 with five, same objective and
+# held-out RMSE, 101 s against 158 s), and five in the final E-step.
+_INNER = 1
+_FINAL_INNER = 5
 
 
 def _checkpoint(
@@ -244,7 +249,7 @@ def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitR
         state,
         n_obs=sum(observed),
     )
-    state, final_loss, row_covs = vem.vem_final(problem, state, _INNER)
+    state, final_loss, row_covs = vem.vem_final(problem, state, _FINAL_INNER)
     out: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
     }
