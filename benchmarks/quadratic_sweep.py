@@ -34,6 +34,7 @@ from pollux.core import vem  # noqa: E402
 from pollux.core.features import n_features  # noqa: E402
 from pollux.core.linalg import cholesky, inverse_from_cholesky  # noqa: E402
 from pollux.core.variational import e_step  # noqa: E402
+from pollux.fit._em import _INNER  # noqa: E402
 from pollux.fit.checks import blocks_for  # noqa: E402
 from pollux.fit.polynomial import vem_problem  # noqa: E402
 
@@ -89,9 +90,9 @@ def main(argv=None) -> None:
     rows = [(name, bench(*call)) for name, call in products.items()]
     bare = sum(s for _, s in rows)
 
-    sweep = jax.jit(lambda pr, st: vem._sweep(pr, st, 1))
+    sweep = jax.jit(lambda pr, st: vem._sweep(pr, st, _INNER))
     stats = jax.jit(vem._stats)
-    estep = jax.jit(lambda st, s: e_step(s, st.mean, st.prec, 1))
+    estep = jax.jit(lambda st, s: e_step(s, st.mean, st.prec, _INNER))
     s0 = stats(problem, state.params)
     mean, prec, _ = estep(state, s0)
     cov = inverse_from_cholesky(cholesky(prec))

@@ -399,8 +399,8 @@ def _ap_star(headers, data, path, call, visits) -> Spectra:
     if visits == "combined" or nvis == 1:
         rows = [0]
         visit = [0] if visits == "combined" else [1]
-        snr = [_card(headers, "SNR", src, float, np.nan)]
-        vhelio = [_card(headers, "VHELIO", src, float, np.nan)]
+        one_snr, one_vhelio = _snr_vhelio(headers, src)
+        snr, vhelio = [one_snr], [one_vhelio]
     else:
         rows = list(range(2, nvis + 2))
         visit = list(range(1, nvis + 1))
@@ -422,6 +422,14 @@ def _ap_star(headers, data, path, call, visits) -> Spectra:
     )
 
 
+def _snr_vhelio(headers, src: ReaderSource) -> tuple[float, float]:
+    """The ``SNR`` and ``VHELIO`` cards (NaN where absent)."""
+    return (
+        _card(headers, "SNR", src, float, np.nan),
+        _card(headers, "VHELIO", src, float, np.nan),
+    )
+
+
 def _aspcap_star(headers, data, path, call) -> Spectra:
     src = ReaderSource(call, path)
     flux, err = (_hdu(data, i, call, path) for i in (1, 2))
@@ -430,8 +438,7 @@ def _aspcap_star(headers, data, path, call) -> Spectra:
     wave = _log_wavelength(headers, flux.size, src)
     f, e = _masked(flux[None], err[None], None, call, path)
     objid = _objid(headers, src, "OBJID", "APOGEE_ID", default=path.name)
-    snr = _card(headers, "SNR", src, float, np.nan)
-    vhelio = _card(headers, "VHELIO", src, float, np.nan)
+    snr, vhelio = _snr_vhelio(headers, src)
     return _spectra(
         call,
         path,
@@ -485,8 +492,7 @@ def _ap_visit(headers, data, path, call) -> Spectra:
         call,
         path,
     )
-    snr = _card(headers, "SNR", src, float, np.nan)
-    vhelio = _card(headers, "VHELIO", src, float, np.nan)
+    snr, vhelio = _snr_vhelio(headers, src)
     return _spectra(
         call,
         path,
