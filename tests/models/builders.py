@@ -117,6 +117,22 @@ def make_model(flux_s: str = "vector", label_s: str = "scalar") -> plx.LuxModel:
     return model
 
 
+def make_quadratic_model(fixed_latents: bool = False) -> plx.LuxModel:
+    """Quadratic flux with a per-pixel scatter (HalfNormal, or a Gamma prior,
+    whose s-step checks a Newton step with a second data pass) and affine labels."""
+    from pollux.models.transforms import QuadraticTransform
+
+    model = plx.LuxModel(latent_size=K)
+    s_prior = dist.Gamma(2.0, 10.0) if fixed_latents else dist.HalfNormal(1.0)
+    model.register_output(
+        "flux", QuadraticTransform(D1, param_priors={"s": s_prior.expand((D1,))})
+    )
+    model.register_output(
+        "label", AffineTransform(D2, param_priors={"s": dist.HalfNormal(1.0)})
+    )
+    return model
+
+
 def fixed_params_of(config: str):
     t = _truth()
     if config == "partly_fixed":  # flux: A fixed, b and s free; label: s fixed

@@ -65,6 +65,7 @@ from .sstep import (
 
 __all__ = [
     "InMemory",
+    "affine_resid",
     "em_chunk",
     "em_iteration",
     "final_state",
@@ -72,6 +73,8 @@ __all__ = [
     "positive_scatter",
     "run_until_settled",
     "s_steps_with",
+    "scatter_floors",
+    "sq_norm",
     "squarem_cycle",
     "squarem_point",
     "sweep_with",
@@ -192,9 +195,17 @@ def _zeros(problem: EMProblem, i: int, dtype) -> Array:
     return jnp.zeros(problem.blocks[i].values.shape[1], dtype)
 
 
-def _s_fold(problem, params, mean, cov, outputs, terms, init):
+def affine_resid(
+    problem: EMProblem, i: int, block: Any, mean: Array, cov: Array | None, p: dict
+) -> Array:
+    """`expected_sq_resid` of output ``i`` (the residuals of the affine passes)."""
+    return expected_sq_resid(block, mean, cov, p["A"], p["b"])
+
+
+def _s_fold(problem, params, mean, cov, outputs, terms, init, resid):
     """``terms(i, block, e)`` of the given outputs summed over the stars, ``e`` the
-    expected squared residuals under the posterior ``(mean, cov)``."""
+    expected squared residuals ``resid(problem, i, block, mean, cov, params[i])``
+    under the posterior ``(mean, cov)``."""
     n, size = mean.shape[0], _chunk_size(problem)
 
     def body(start, valid, acc):
@@ -203,8 +214,7 @@ def _s_fold(problem, params, mean, cov, outputs, terms, init):
         out = []
         for i in outputs:
             block = take_block(problem.blocks[i], start, size, valid)
-            p = params[i]
-            e = expected_sq_resid(block, m, c, p["A"], p["b"])
+            e = resid(problem, i, block, m, c, params[i])
             out.append(terms(i, block, e))
         return acc.add(tuple(out))
 
@@ -228,9 +238,11 @@ def s_sum_pass(
     mean: Float[Array, "n k"],
     cov: Float[Array, "n k k"] | None,
     t0: dict[int, Array],
+    resid: Any = affine_resid,
 ) -> dict[int, SSums]:
     """Pass B: the `SSums` of every free scatter at ``t0``, for the posterior
-    ``(mean, cov)`` and the new ``(W, b)`` in ``params``."""
+    ``(mean, cov)`` and the new weights in ``params`` (``resid``: the expected
+    squared residuals of an output, see `_s_fold`)."""
     free, checked = free_scatter(problem), checked_scatter(problem)
     dtype = mean.dtype
     scalar = {i: problem.specs[i].s_kind == "scalar" for i in free}
@@ -242,6 +254,7 @@ def s_sum_pass(
         free,
         lambda i, block, e: s_sums(block, e, t0[i], scalar[i], i in checked),
         tuple(SSums(*[_zeros(problem, i, dtype)] * len(SSums._fields)) for i in free),
+        resid,
     )
     return dict(zip(free, sums, strict=True))
 
@@ -265,6 +278,7 @@ def s_value_pass(
     mean: Float[Array, "n k"],
     cov: Float[Array, "n k k"] | None,
     cands: dict[int, tuple[Array, Array]],
+    resid: Any = affine_resid,
 ) -> dict[int, Array]:
     """Pass C: the data term of the s-step objective at each Newton candidate."""
     checked = checked_scatter(problem)
@@ -278,6 +292,7 @@ def s_value_pass(
             block, e, cands[i][0], problem.specs[i].s_kind == "scalar"
         ),
         tuple(_zeros(problem, i, mean.dtype) for i in checked),
+        resid,
     )
     return dict(zip(checked, values, strict=True))
 
@@ -311,6 +326,7 @@ class InMemory(NamedTuple):
     that compiles the small steps run between them."""
 
     problem: EMProblem
+    resid: Any = affine_resid  # the expected squared residuals (`_s_fold`)
 
     @staticmethod
     def host(fn: Any) -> Any:
@@ -325,11 +341,11 @@ class InMemory(NamedTuple):
 
     def s_sums(self, params: Params, kept: Any, t0: dict[int, Array]):
         """Pass B (`s_sum_pass`) for the posterior ``kept``."""
-        return s_sum_pass(self.problem, params, *kept, t0)
+        return s_sum_pass(self.problem, params, *kept, t0, self.resid)
 
     def s_values(self, params: Params, kept: Any, cands: dict):
         """Pass C (`s_value_pass`) for the posterior ``kept``."""
-        return s_value_pass(self.problem, params, *kept, cands)
+        return s_value_pass(self.problem, params, *kept, cands, self.resid)
 
 
 def s_steps_with(
@@ -396,7 +412,7 @@ def floors_from_sums(
     )
 
 
-def _floors(problem: EMProblem) -> tuple[Array | None, ...]:
+def scatter_floors(problem: Any) -> tuple[Array | None, ...]:
     """`s_floor` of each output with a free scatter (a constant of the data),
     from sums over the chunks of stars."""
     if not free_scatter(problem):
@@ -424,16 +440,21 @@ def _sweep(
 
 def em_iteration(problem: EMProblem, params: Params) -> tuple[Params, Array]:
     """One EM sweep: returns the new parameters and the objective at the old ones."""
-    return _sweep(problem, _floors(problem), params)
+    return _sweep(problem, scatter_floors(problem), params)
 
 
-def squarem_point(p0: Any, p1: Any, p2: Any) -> Any:
+def sq_norm(tree: Any) -> Array:
+    """Sum of the squares of every entry of a pytree."""
+    return sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))
+
+
+def squarem_point(p0: Any, p1: Any, p2: Any, sq: Any = sq_norm) -> Any:
     """SQUAREM's extrapolated point ``p0 - 2αr + α²v`` of three successive
-    iterates (``r = p1 - p0``, ``v = p2 - 2p1 + p0``, ``α = -|r|/|v| <= -1``)."""
+    iterates (``r = p1 - p0``, ``v = p2 - 2p1 + p0``, ``α = -|r|/|v| <= -1``;
+    ``sq(t)``: the squared norm of a difference of iterates)."""
     r = jax.tree.map(jnp.subtract, p1, p0)
     v = jax.tree.map(lambda a, b, c: a - 2 * b + c, p2, p1, p0)
-    norm = lambda t: jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(t)))
-    r_norm, v_norm = norm(r), norm(v)
+    r_norm, v_norm = jnp.sqrt(sq(r)), jnp.sqrt(sq(v))
     alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
     alpha = jnp.minimum(alpha, -1.0)
     return jax.tree.map(lambda a, ri, vi: a - 2 * alpha * ri + alpha**2 * vi, p0, r, v)
@@ -547,7 +568,7 @@ def em_chunk(
     Returns the parameters, the objective at the start of each iteration (NaN past
     the last), the number of iterations run and whether it converged.
     """
-    sweep = partial(_sweep, problem, _floors(problem))
+    sweep = partial(_sweep, problem, scatter_floors(problem))
     return run_until_settled(
         partial(squarem_cycle, sweep) if accelerate else sweep,
         params,
@@ -592,7 +613,7 @@ def initialize(
     a = posterior_pass(problem, params, latents=latents, unweighted=True)
     new = m_solve(problem, params, a.stats)
     new = s_steps_with(
-        InMemory(problem), problem, _floors(problem), new, (latents, None)
+        InMemory(problem), problem, scatter_floors(problem), new, (latents, None)
     )
     return tuple(
         q if spec.A_free else p

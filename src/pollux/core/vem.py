@@ -11,11 +11,19 @@ prior of the parameters three times, so the objective (its negative) never incre
    :math:`\big(\sum_n \lambda_{nd} E[\phi_n\phi_n^\top] + T_d\big)\theta_d
    = \sum_n \lambda_{nd} y_{nd} E[\phi_n] + T_d m_d` (one
    :math:`(D{\times}N)\cdot(N{\times}M^2)` product per output);
-3. **s-step** — each free extra scatter (`s_step`) with the expected squared
-   residual :math:`(y - \theta^\top E\phi)^2 + \theta^\top\operatorname{cov}(\phi)\theta`.
+3. **s-step** — each free extra scatter (the s-step of `pollux.core.em`) with the
+   expected squared residual
+   :math:`(y - \theta^\top E\phi)^2 + \theta^\top\operatorname{cov}(\phi)\theta`.
 
 With latents held fixed the E-step is skipped and the objective is the negative log
 likelihood plus the negative log prior.
+
+As in `pollux.core.em`, the data are read ``problem.chunk_size`` stars at a time
+(`pollux.core.chunks`): pass A runs each chunk's E-step and adds its share of the
+objective and of the M-step sums, the s-step's passes recompute the chunk's
+expected residuals with the new weights, so nothing of size :math:`(N, D)` is kept
+beyond the data. Under `jax.shard_map` (``axis_name``) every sum over stars is also
+summed over the devices, and SQUAREM's step length sees every device's stars.
 """
 
 from __future__ import annotations
@@ -31,7 +39,16 @@ from jaxtyping import Array, Float
 
 from .._params import SCATTER
 from .blocks import Block, gaussian_loglike
-from .em import positive_scatter, run_until_settled, squarem_point
+from .chunks import Accumulator, fold_chunks, put_rows, take_block, take_rows
+from .em import (
+    InMemory,
+    positive_scatter,
+    run_until_settled,
+    s_steps_with,
+    scatter_floors,
+    sq_norm,
+    squarem_point,
+)
 from .features import (
     feature_index,
     moments,
@@ -43,7 +60,6 @@ from .features import (
 from .linalg import cholesky, inverse_from_cholesky
 from .mstep import ridge_inverse, ridge_solve
 from .posterior import precisions
-from .sstep import s_step
 from .variational import e_step, star_stats
 
 __all__ = ["FeatureSpec", "VEMProblem", "named_params", "vem_chunk", "vem_final"]
@@ -79,6 +95,13 @@ class VEMProblem(eqx.Module):
     priors: tuple[dict[str, Any], ...]
     ridges: tuple[tuple[Array, Array] | None, ...]
     fixed_latents: Float[Array, "n k"] | None = None
+    chunk_size: int | None = eqx.field(static=True, default=None)
+    axis_name: str | None = eqx.field(static=True, default=None)
+
+    def sum_over_stars(self, x: Any) -> Any:
+        """``x`` (sums over this problem's stars) summed over the shards of
+        ``axis_name`` too (as `EMProblem.sum_over_stars`)."""
+        return x if self.axis_name is None else jax.lax.psum(x, self.axis_name)
 
     def index(self) -> tuple[np.ndarray, ...]:
         return tuple(feature_index(s.kind, self.k) for s in self.specs)
@@ -116,67 +139,157 @@ def _feature_moments(mean: Array, cov: Array | None) -> tuple[Array, Any, Array]
     return Ephi, cov_phi, second if cov_phi is None else second + cov_phi
 
 
-def _normal_matrix(second: Array, lam: Array, idx: np.ndarray, prec: Array) -> Array:
-    """``Σ_n λ_nd E[φφᵀ]_n + diag(prec_d)`` on the features ``idx`` of an output
-    (one product over the packed feature pairs): the M-step's left-hand sides."""
-    S = sym_pack(second[:, idx[:, None], idx[None, :]])
-    return sym_unpack(lam.T @ S, len(idx)) + jax.vmap(jnp.diag)(prec)
+def _chunk_size(problem: VEMProblem) -> int:
+    n = problem.blocks[0].values.shape[0]
+    return n if problem.chunk_size is None else min(problem.chunk_size, n)
 
 
-def _m_step(problem, params, mean, cov) -> Params:
-    """Ridge solves for the free feature weights, then the s-steps."""
-    Ephi, cov_phi, second = _feature_moments(mean, cov)
+def _thetas(params: Params) -> tuple[Array, ...]:
+    return tuple(p[THETA] for p in params)
+
+
+def _s2s(problem: VEMProblem, params: Params) -> tuple[Array, ...]:
+    return tuple(_s2(s, p) for s, p in zip(problem.specs, params, strict=True))
+
+
+def _normal_sums(
+    problem: VEMProblem, chunk: tuple[Block, ...], s2s, Ephi: Array, second: Array
+) -> tuple[tuple[Array, ...], ...]:
+    """The M-step's sums over these stars for each free output: ``Σ_n λ_nd
+    E[φφᵀ]_n`` on its packed feature pairs (one ``(D×C)·(C×T)`` product) and
+    ``Σ_n λ_nd y_nd E[φ]_n``; ``()`` for an output held fixed."""
+    out = []
+    for spec, block, idx, s2 in zip(
+        problem.specs, chunk, problem.index(), s2s, strict=True
+    ):
+        if not spec.free:
+            out.append(())
+            continue
+        lam = precisions(block, s2)
+        S = sym_pack(second[:, idx[:, None], idx[None, :]])
+        out.append((lam.T @ S, (lam * block.y).T @ Ephi[:, idx]))
+    return tuple(out)
+
+
+class PassA(NamedTuple):
+    """The E-step over every chunk of stars: the new posteriors, the objective's
+    data term at the sweep's parameters and the M-step's sums (`_normal_sums`)."""
+
+    mean: Float[Array, "n k"]
+    prec: Float[Array, "n k k"]
+    cov: Float[Array, "n k k"] | None
+    nll: Array
+    sums: tuple[tuple[Array, ...], ...]
+
+
+def _posterior_pass(problem: VEMProblem, state: VState, n_inner: int) -> PassA:
+    r"""Pass A over the chunks of ``problem.chunk_size`` stars: each chunk's
+    `star_stats`, ``n_inner`` E-step updates of its posteriors (none with fixed
+    latents) and its share of the objective and of the M-step sums; the sums are
+    Kahan-compensated across chunks and, sharded, summed over the devices."""
+    params = state.params
+    blocks, z = problem.blocks, problem.fixed_latents
+    n, size = blocks[0].values.shape[0], _chunk_size(problem)
+    dtype = blocks[0].values.dtype
+    thetas, s2s = _thetas(params), _s2s(problem, params)
+
+    def body(start, valid, carry):
+        mean_all, prec_all, cov_all, acc = carry
+        chunk = tuple(take_block(b, start, size, valid) for b in blocks)
+        if z is None:
+            stats = star_stats(chunk, thetas, problem.index(), s2s, problem.k)
+            mean, prec, nelbo = e_step(
+                stats,
+                take_rows(mean_all, start, size),
+                take_rows(prec_all, start, size),
+                n_inner,
+            )
+            cov = inverse_from_cholesky(cholesky(prec))
+            nll = jnp.sum(jnp.where(valid, nelbo, 0.0))
+            mean_all = put_rows(mean_all, mean, start, valid)
+            prec_all = put_rows(prec_all, prec, start, valid)
+            cov_all = put_rows(cov_all, cov, start, valid)
+        else:
+            mean, cov = take_rows(z, start, size), None
+            nll = _fixed_nll(problem, chunk, mean, params)
+        Ephi, _, second = _feature_moments(mean, cov)
+        sums = _normal_sums(problem, chunk, s2s, Ephi, second)
+        return mean_all, prec_all, cov_all, acc.add((nll, sums))
+
+    k = problem.k
+    zero = jnp.zeros((), dtype)
+    sums0 = tuple(
+        (
+            jnp.zeros((t.shape[0], len(idx) * (len(idx) + 1) // 2), dtype),
+            jnp.zeros(t.shape, dtype),
+        )
+        if spec.free
+        else ()
+        for spec, t, idx in zip(problem.specs, thetas, problem.index(), strict=True)
+    )
+    cov0 = None if z is not None else jnp.zeros((n, k, k), dtype)
+    init = (state.mean, state.prec, cov0, Accumulator.zeros((zero, sums0)))
+    mean, prec, cov, acc = fold_chunks(body, n, size, init)
+    nll, sums = problem.sum_over_stars(acc.total)
+    if z is not None:
+        return PassA(z, state.prec, None, nll, sums)
+    return PassA(mean, prec, cov, nll, sums)
+
+
+def _normal_matrices(problem: VEMProblem, sums) -> tuple[Array | None, ...]:
+    """``Σ_n λ_nd E[φφᵀ]_n + diag(prec_d)`` of each free output (the M-step's
+    left-hand sides; None where fixed)."""
+    return tuple(
+        sym_unpack(st[0], len(idx)) + jax.vmap(jnp.diag)(ridge[1])
+        if spec.free
+        else None
+        for spec, st, idx, ridge in zip(
+            problem.specs, sums, problem.index(), problem.ridges, strict=True
+        )
+    )
+
+
+def _solve(problem: VEMProblem, params: Params, sums) -> Params:
+    """The M-step: ridge solves for the free feature weights."""
     new = []
-    for spec, block, prior, ridge, idx, p in zip(
+    for spec, p, st, G, ridge in zip(
         problem.specs,
-        problem.blocks,
-        problem.priors,
-        problem.ridges,
-        problem.index(),
         params,
+        sums,
+        _normal_matrices(problem, sums),
+        problem.ridges,
         strict=True,
     ):
-        q = dict(p)
-        lam = precisions(block, _s2(spec, p))
-        E = Ephi[:, idx]
         if spec.free:
             loc, prec = ridge
-            G = _normal_matrix(second, lam, idx, prec)
-            c = (lam * block.y).T @ E + prec * loc
-            q[THETA] = ridge_solve(G, c)
-        if spec.has_s and spec.s_free:
-            theta = q[THETA]
-            e = jnp.square(block.y - E @ theta.T)
-            if cov_phi is not None:
-                C = sym_pack(cov_phi[:, idx[:, None], idx[None, :]], doubled=True)
-                e = e + C @ outer_packed(theta).T
-            e = jnp.where(block.mask, e, 0.0)
-            q[SCATTER] = s_step(
-                block, e, p[SCATTER], prior[SCATTER], scalar=spec.s_kind == "scalar"
-            )
-        new.append(q)
+            p = dict(p, **{THETA: ridge_solve(G, st[1] + prec * loc)})
+        new.append(p)
     return tuple(new)
 
 
-def _fixed_nll(problem: VEMProblem, params: Params) -> Array:
-    Ephi, _ = moments(problem.fixed_latents, None)
+def _resid(problem: VEMProblem, i: int, block: Block, mean, cov, p) -> Array:
+    r"""Expected squared residuals of output ``i`` under ``q``:
+    :math:`(y - \theta^\top E\phi)^2 + \theta^\top\operatorname{cov}(\phi)\theta`
+    (zero where missing)."""
+    idx = problem.index()[i]
+    theta = p[THETA]
+    Ephi, cov_phi = moments(mean, cov)
+    e = jnp.square(block.y - Ephi[:, idx] @ theta.T)
+    if cov_phi is not None:
+        C = sym_pack(cov_phi[:, idx[:, None], idx[None, :]], doubled=True)
+        e = e + C @ outer_packed(theta).T
+    return jnp.where(block.mask, e, 0.0)
+
+
+def _fixed_nll(problem: VEMProblem, chunk, z: Array, params: Params) -> Array:
+    Ephi, _ = moments(z, None)
     nll = jnp.zeros(())
     for spec, block, idx, p in zip(
-        problem.specs, problem.blocks, problem.index(), params, strict=True
+        problem.specs, chunk, problem.index(), params, strict=True
     ):
         pred = Ephi[:, idx] @ p[THETA].T
         nll = nll - gaussian_loglike(block, pred, p[SCATTER] if spec.has_s else None)
     return nll
-
-
-def _stats(problem: VEMProblem, params: Params):
-    return star_stats(
-        problem.blocks,
-        tuple(p[THETA] for p in params),
-        problem.index(),
-        tuple(_s2(s, p) for s, p in zip(problem.specs, params, strict=True)),
-        problem.k,
-    )
 
 
 class VState(NamedTuple):
@@ -185,23 +298,29 @@ class VState(NamedTuple):
     prec: Float[Array, "n k k"]
 
 
-def _sweep(problem: VEMProblem, state: VState, n_inner: int) -> tuple[VState, Array]:
-    """One sweep; returns the new state and the objective after its E-step."""
-    if problem.fixed_latents is not None:
-        loss = _fixed_nll(problem, state.params) + _neg_log_prior(problem, state.params)
-        params = _m_step(problem, state.params, problem.fixed_latents, None)
-        return VState(params, state.mean, state.prec), loss
-    mean, prec, nelbo = e_step(
-        _stats(problem, state.params), state.mean, state.prec, n_inner
+def _sweep(
+    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
+) -> tuple[VState, Array]:
+    """One sweep (E-step, M-step, s-step); returns the new state and the
+    objective after its E-step. The s-step is that of `pollux.core.em`, its
+    passes over the chunks of stars with the residuals of `_resid`."""
+    a = _posterior_pass(problem, state, n_inner)
+    loss = a.nll + _neg_log_prior(problem, state.params)
+    params = _solve(problem, state.params, a.sums)
+    params = s_steps_with(
+        InMemory(problem, _resid), problem, floors, params, (a.mean, a.cov)
     )
-    loss = jnp.sum(nelbo) + _neg_log_prior(problem, state.params)
-    cov = inverse_from_cholesky(cholesky(prec))
-    params = _m_step(problem, state.params, mean, cov)
-    return VState(params, mean, prec), loss
+    return VState(params, a.mean, a.prec), loss
+
+
+def _state_sq(problem: VEMProblem, t: VState) -> Array:
+    """Squared norm of a difference of states: the parameters (the same on every
+    device) and the posteriors of every star (summed over the devices)."""
+    return sq_norm(t.params) + problem.sum_over_stars(sq_norm((t.mean, t.prec)))
 
 
 def _squarem_cycle(
-    problem: VEMProblem, state: VState, n_inner: int
+    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
 ) -> tuple[VState, Array]:
     """Two sweeps and a squared extrapolation of the whole state (SQUAREM, as in
     `pollux.core.em`), then a sweep from the extrapolated state, kept when the
@@ -210,15 +329,15 @@ def _squarem_cycle(
     Stars whose extrapolated precision is not positive definite keep the second
     sweep's posterior; the objective never increases.
     """
-    s1, loss0 = _sweep(problem, state, n_inner)
-    s2, loss1 = _sweep(problem, s1, n_inner)
-    ext = squarem_point(state, s1, s2)
+    s1, loss0 = _sweep(problem, floors, state, n_inner)
+    s2, loss1 = _sweep(problem, floors, s1, n_inner)
+    ext = squarem_point(state, s1, s2, partial(_state_sq, problem))
     params = positive_scatter(ext.params)
     L = cholesky(ext.prec)
     pd = jnp.all(jnp.isfinite(L), axis=(1, 2)) & jnp.all(jnp.isfinite(ext.mean), axis=1)
     mean = jnp.where(pd[:, None], ext.mean, s2.mean)
     prec = jnp.where(pd[:, None, None], ext.prec, s2.prec)
-    from_ext, loss_ext = _sweep(problem, VState(params, mean, prec), n_inner)
+    from_ext, loss_ext = _sweep(problem, floors, VState(params, mean, prec), n_inner)
     ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
     new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), from_ext, s2)
     return new, loss0
@@ -240,8 +359,9 @@ def vem_chunk(
     returns as `em_chunk` (state, objective of each, number run, converged)."""
     accelerate = accelerate and problem.fixed_latents is None
     iteration = _squarem_cycle if accelerate else _sweep
+    floors = scatter_floors(problem)
     return run_until_settled(
-        lambda st: iteration(problem, st, n_inner),
+        lambda st: iteration(problem, floors, st, n_inner),
         state,
         prev_loss,
         threshold,
@@ -256,30 +376,13 @@ def vem_final(
 ) -> tuple[VState, Array, tuple[Array, ...]]:
     """E-step at the final parameters: the state, the objective, and each output's
     row covariances (inverse normal matrices of the M-step; zero where fixed)."""
-    if problem.fixed_latents is None:
-        mean, prec, nelbo = e_step(
-            _stats(problem, state.params), state.mean, state.prec, n_inner
-        )
-        loss = jnp.sum(nelbo) + _neg_log_prior(problem, state.params)
-        cov = inverse_from_cholesky(cholesky(prec))
-    else:
-        mean, prec, cov = problem.fixed_latents, state.prec, None
-        loss = _fixed_nll(problem, state.params) + _neg_log_prior(problem, state.params)
-    _, _, second = _feature_moments(mean, cov)
+    a = _posterior_pass(problem, state, n_inner)
+    loss = a.nll + _neg_log_prior(problem, state.params)
     row_covs = []
-    for spec, block, ridge, idx, p in zip(
-        problem.specs,
-        problem.blocks,
-        problem.ridges,
-        problem.index(),
-        state.params,
-        strict=True,
-    ):
-        mo = len(idx)
-        d = p[THETA].shape[0]
-        if not spec.free:
-            row_covs.append(jnp.zeros((d, mo, mo), mean.dtype))
-            continue
-        G = _normal_matrix(second, precisions(block, _s2(spec, p)), idx, ridge[1])
-        row_covs.append(ridge_inverse(G))
-    return VState(state.params, mean, prec), loss, tuple(row_covs)
+    for G, p in zip(_normal_matrices(problem, a.sums), state.params, strict=True):
+        if G is None:
+            d, mo = p[THETA].shape
+            row_covs.append(jnp.zeros((d, mo, mo), a.mean.dtype))
+        else:
+            row_covs.append(ridge_inverse(G))
+    return VState(state.params, a.mean, a.prec), loss, tuple(row_covs)

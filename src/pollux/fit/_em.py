@@ -1,12 +1,14 @@
 """Driver of `LuxModel.fit`: plan → problem → the back-end's loop → `FitResult`.
 
 Affine outputs run on a back-end (`pollux.fit.backends`); a fit with an output
-that is not affine runs the variational EM of `pollux.core.vem` in memory,
-started from the converged fit of its affine view.
+that is not affine runs the variational EM of `pollux.core.vem` in memory, on one
+device or sharded over several (Dask data are read into memory), started from the
+converged fit of its affine view on the same devices.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -19,6 +21,8 @@ import numpy as np
 from .._params import LATENTS, SCATTER, check_positive_int, without_latents
 from ..core import vem
 from ..core.blocks import count_observed
+from ..core.chunks import pad_rows
+from ..core.features import n_features
 from ..core.linalg import cholesky, inverse_from_cholesky
 from ..data import PolluxData
 from ..io import Checkpoint, fingerprint
@@ -26,9 +30,9 @@ from ._plan import Plan, plan_fit
 from ._protocol import Definition
 from ._results import FitResult, LatentPosterior
 from ._run import run
-from ._setup import em_problem
+from ._setup import em_problem, on_device
 from .backends import select
-from .checks import blocks_for, fully_fixed, require_observed
+from .checks import fully_fixed, require_observed
 from .polynomial import output_params, polynomial_thetas, vem_problem
 
 if TYPE_CHECKING:
@@ -189,7 +193,7 @@ def _all_losses(losses: list, final_loss: Any) -> jax.Array:
 
 def _affine_start(model: Model, data: PolluxData, plan: Plan, settings) -> FitResult:
     """The converged fit of the model with every output replaced by its affine
-    view (e.g. ``Q = 0``): the start of the variational EM."""
+    view (e.g. ``Q = 0``), on the same devices: the start of the variational EM."""
     outputs, twin_fixed = {}, {}
     for name in plan.names:
         t = outputs[name] = model.outputs[name].affine_view()
@@ -206,67 +210,88 @@ def _affine_start(model: Model, data: PolluxData, plan: Plan, settings) -> FitRe
         tol=settings["tol"],
         progress=False,
         accelerate=settings["accelerate"],
+        chunk_size=plan.chunk_size,
+        devices=None if plan.mesh is None else list(plan.mesh.devices.flat),
     )
 
 
+def _start_params(model, names, specs, params, start: FitResult, dtype) -> tuple:
+    """The variational EM's start parameters: the affine view's weights (the other
+    terms zero) and scatter of each free output."""
+    k = model.latent_size
+    started = []
+    for name, spec, p in zip(names, specs, params, strict=True):
+        q = dict(p)
+        fitted = start.params[name]
+        if spec.free:
+            t = model.outputs[name]
+            shapes = t.param_shapes(k)
+            named = {p: np.zeros(shapes[p]) for p in t.param_names}
+            named.update({p: v for p, v in fitted.items() if p in named})
+            theta = polynomial_thetas(model, {name: named}, [name], dtype)[0][0]
+            q[vem.THETA] = theta
+        if spec.s_free:
+            q[SCATTER] = jnp.asarray(fitted[SCATTER], dtype)
+        started.append(q)
+    return tuple(started)
+
+
 def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitResult:
-    """Variational EM (`pollux.core.vem`) for fits with a non-affine output."""
+    """Variational EM (`pollux.core.vem`) for fits with a non-affine output, in
+    memory on one device or sharded over the devices of ``plan`` (Dask data are
+    read into memory), the stars a chunk at a time."""
     names, fixed, call = plan.names, plan.fixed, plan.call
-    blocks = blocks_for(model, data, names, fixed, call)
+    backend = select(plan)
+    k = model.latent_size
+    blocks, n, n_pad, size = backend.blocks(plan, model, data, n_features(k) - 1)
     observed = tuple(int(count_observed((b,))) for b in blocks)
     _require_observed(model, plan, observed)
-    k, n = model.latent_size, len(data)
     dtype = blocks[0].values.dtype
     z_fixed = fixed.get(LATENTS)
-    problem, params = vem_problem(model, names, blocks, fixed, call, z_fixed)
+    if z_fixed is not None:
+        z_fixed = backend.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
+    problem, params = vem_problem(
+        model, names, backend.place(blocks), fixed, call, z_fixed
+    )
+    problem = backend.for_devices(dataclasses.replace(problem, chunk_size=size))
     if problem.fixed_latents is not None:
-        state = vem.VState(params, problem.fixed_latents, jnp.zeros((n, k, k), dtype))
+        prec = backend.place(jnp.zeros((n_pad, k, k), dtype))
+        state = vem.VState(params, problem.fixed_latents, prec)
     else:
         start = _affine_start(model, data, plan, settings)
-        started = []
-        for name, spec, p in zip(names, problem.specs, params, strict=True):
-            q = dict(p)
-            fitted = start.params[name]
-            if spec.free:  # the affine view's weights, the other terms zero
-                t = model.outputs[name]
-                shapes = t.param_shapes(k)
-                named = {p: np.zeros(shapes[p]) for p in t.param_names}
-                named.update({p: v for p, v in fitted.items() if p in named})
-                q[vem.THETA] = polynomial_thetas(model, {name: named}, [name], dtype)[
-                    0
-                ][0]
-            if spec.s_free:
-                q[SCATTER] = jnp.asarray(fitted[SCATTER], dtype)
-            started.append(q)
-        params = tuple(started)
+        params = _start_params(model, names, problem.specs, params, start, dtype)
         prec = inverse_from_cholesky(cholesky(start.posterior.cov))
-        state = vem.VState(params, start.posterior.mean, prec)
+        # padding stars: the prior, which they keep (they have no data)
+        eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n_pad - n, k, k))
+        mean = pad_rows(start.posterior.mean, n_pad, 0.0)
+        state = vem.VState(params, *backend.place((mean, jnp.concatenate([prec, eye]))))
     state, losses, n_iter, converged = loop(
-        lambda st, prev, threshold, left: vem.vem_chunk(
+        lambda st, prev, threshold, left: backend.vem_chunk(
             problem, st, prev, threshold, left, _CHUNK, _INNER, settings["accelerate"]
         ),
         lambda: state,
         state,
         n_obs=sum(observed),
     )
-    state, final_loss, row_covs = vem.vem_final(problem, state, _FINAL_INNER)
+    state, final_loss, row_covs = backend.vem_final(problem, state, _FINAL_INNER)
     out: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
     }
     for name, spec, p in zip(names, problem.specs, state.params, strict=True):
         out[name] = output_params(model.outputs[name], spec, p, k)
-    out[LATENTS] = state.mean
+    mean = state.mean[:n]
+    out[LATENTS] = mean
     if problem.fixed_latents is not None:
         cov = jnp.zeros((n, k, k), dtype)
     else:
-        cov = inverse_from_cholesky(cholesky(state.prec))
+        cov = inverse_from_cholesky(cholesky(state.prec[:n]))
     return FitResult(
         params=out,
-        posterior=LatentPosterior(state.mean, cov),
+        posterior=LatentPosterior(mean, cov),
         losses=_all_losses(losses, final_loss),
         n_iter=n_iter,
         converged=converged,
         param_cov=dict(zip(names, row_covs, strict=True)),
         settings=dict(settings),
-        stats={"backend": "local", "devices": 1},
+        stats={"backend": backend.name, "devices": backend.n_devices},
     )

@@ -89,12 +89,13 @@ def _chunk_size(chunk_size: Any, call: str) -> int | None:
 
 
 def _mesh(devices: Any, variational: bool, call: str):
-    """The device mesh of ``devices=`` (None: one device), checked."""
+    """The device mesh of ``devices=`` (None: one device), checked; the
+    posteriors and predictions of outputs that are not affine run on one."""
     mesh = check_devices(devices, call)
     if mesh is not None and variational:
         msg = (
-            f"{call}(devices=...): sharding over devices serves affine outputs "
-            "only; leave devices=None with a QuadraticTransform output"
+            f"{call}(devices=...): with a QuadraticTransform output this call "
+            "runs on one device (fit shards it); leave devices=None"
         )
         raise ValueError(msg)
     return mesh
@@ -117,7 +118,7 @@ def plan_fit(
     names, variational = _outputs(model, names, call, data.names)
     check_positive_int(max_iter, f"{call}(max_iter=...)")
     chunk_size = _chunk_size(chunk_size, call)
-    mesh = _mesh(devices, variational, call)
+    mesh = check_devices(devices, call)
     if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and tol >= 0):
         msg = f"{call}(tol=...): expected a number >= 0, got {tol!r}"
         raise ValueError(msg)

@@ -26,7 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from ..._params import LATENTS
-from ...core import em, posterior
+from ...core import em, posterior, vem
 from ...core.blocks import count_observed
 from ...core.chunks import pad_rows
 from ...core.pca import pca_latents
@@ -105,6 +105,32 @@ def _em_chunk(mesh: Mesh, n_steps: int, accelerate: bool) -> Callable:
 
 
 @functools.cache
+def _vem_chunk(mesh: Mesh, n_steps: int, n_inner: int, accelerate: bool) -> Callable:
+    def run(blocks, fixed, rest, params, mean, prec, prev, threshold, left):
+        state = vem.VState(params, mean, prec)
+        problem = _local(rest, blocks, fixed)
+        args = (prev, threshold, left, n_steps, n_inner, accelerate)
+        out, losses, n_run, done = vem.vem_chunk(problem, state, *args)
+        return out.params, out.mean, out.prec, losses, n_run, done
+
+    specs = (_STARS, _STARS, _ALL, _ALL, _STARS, _STARS, _ALL, _ALL, _ALL)
+    return _mapped(run, mesh, specs, (_ALL, _STARS, _STARS, _ALL, _ALL, _ALL))
+
+
+@functools.cache
+def _vem_final(mesh: Mesh, n_inner: int) -> Callable:
+    def run(blocks, fixed, rest, params, mean, prec):
+        problem = _local(rest, blocks, fixed)
+        out, loss, row_covs = vem.vem_final(
+            problem, vem.VState(params, mean, prec), n_inner
+        )
+        return out.mean, out.prec, loss, row_covs
+
+    specs = (_STARS, _STARS, _ALL, _ALL, _STARS, _STARS)
+    return _mapped(run, mesh, specs, (_STARS, _STARS, _ALL, _ALL))
+
+
+@functools.cache
 def _final_state(mesh: Mesh) -> Callable:
     def run(blocks, fixed, rest, params):
         return em.final_state(_local(rest, blocks, fixed), params)
@@ -168,6 +194,15 @@ class Local(Backend):
     def _initialize(self, problem, params, latents):
         return em.initialize(problem, params, latents)
 
+    def vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
+        """`pollux.core.vem.vem_chunk` on the stars of this back-end."""
+        args = (prev, threshold, left, n_steps, n_inner, acc)
+        return vem.vem_chunk(problem, state, *args)
+
+    def vem_final(self, problem, state, n_inner):
+        """`pollux.core.vem.vem_final` on the stars of this back-end."""
+        return vem.vem_final(problem, state, n_inner)
+
     def _posterior_moments(self, blocks, Ws, bs, s2s, chunk_size):
         return posterior.posterior_moments(blocks, Ws, bs, s2s, chunk_size=chunk_size)
 
@@ -175,19 +210,22 @@ class Local(Backend):
         return posterior.predictive(mean, cov, W, b, s2, row_cov, chunk_size=chunk_size)
 
     # The steps of the interface.
-    def _blocks(self, plan, model, data) -> tuple[tuple, int, int, int]:
+    def blocks(
+        self, plan, model, data, k: int | None = None
+    ) -> tuple[tuple, int, int, int]:
         """The checked blocks of ``data`` padded for the devices, the caller's
-        stars, the padded stars and the chunk size."""
+        stars, the padded stars and the chunk size (for per-star matrices of
+        size ``k + 1``, by default the latents')."""
         blocks = blocks_for(model, data, plan.names, plan.fixed, plan.call)
         n, dtype = blocks[0].values.shape[0], blocks[0].values.dtype
         blocks, n_pad, n_local = pad_blocks(blocks, self.n_devices)
-        size = chunk_size_for(
-            plan.chunk_size, n_local, (b.values.shape[1] for b in blocks), plan.k, dtype
-        )
+        widths = (b.values.shape[1] for b in blocks)
+        k = plan.k if k is None else k
+        size = chunk_size_for(plan.chunk_size, n_local, widths, k, dtype)
         return blocks, n, n_pad, size
 
     def prepare(self, plan, model, data, problem_for) -> Prepared:
-        blocks, n, n_pad, size = self._blocks(plan, model, data)
+        blocks, n, n_pad, size = self.blocks(plan, model, data)
         dtype = blocks[0].values.dtype
         z_fixed = plan.fixed.get(LATENTS)
         if z_fixed is not None:
@@ -227,7 +265,7 @@ class Local(Backend):
         return Final(loss, post.mean[:n], post.cov[:n], row_covs)
 
     def posterior(self, plan, model, data, affine) -> tuple:
-        blocks, n, _, size = self._blocks(plan, model, data)
+        blocks, n, _, size = self.blocks(plan, model, data)
         mean, cov = self._posterior_moments(self.place(blocks), *affine, size)
         return mean[:n], cov[:n]
 
@@ -282,6 +320,21 @@ class Sharded(Local):
     def _initialize(self, problem, params, latents):
         blocks, fixed, rest = _split(problem)
         return _initialize(self.mesh)(blocks, fixed, rest, params, latents)
+
+    def vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
+        blocks, fixed, rest = _split(problem)
+        fn = _vem_chunk(self.mesh, n_steps, n_inner, acc)
+        params, mean, prec, *out = fn(
+            blocks, fixed, rest, *state, prev, threshold, left
+        )
+        return (vem.VState(params, mean, prec), *out)
+
+    def vem_final(self, problem, state, n_inner):
+        blocks, fixed, rest = _split(problem)
+        mean, prec, loss, row_covs = _vem_final(self.mesh, n_inner)(
+            blocks, fixed, rest, *state
+        )
+        return vem.VState(state.params, mean, prec), loss, row_covs
 
     def _posterior_moments(self, blocks, Ws, bs, s2s, chunk_size):
         return _posterior_moments(self.mesh, chunk_size)(blocks, Ws, bs, s2s)
