@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._params import LATENTS, SCATTER, check_positive_int, without_latents
-from ..core import vem
+from ..core import em, vem
 from ..core.blocks import count_observed
 from ..core.chunks import pad_rows
 from ..core.features import n_features
@@ -32,7 +32,7 @@ from ._results import FitResult, LatentPosterior
 from ._run import run
 from ._setup import em_problem, on_device
 from .backends import select
-from .checks import fully_fixed, require_observed
+from .checks import blocks_for, fully_fixed, require_observed
 from .polynomial import output_params, polynomial_thetas, vem_problem
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ def fit_em(
     devices: Any = None,
     checkpoint: Any = None,
     checkpoint_every: int = 10,
+    start: Any = None,
 ) -> FitResult:
     """`LuxModel.fit` of any `Model` (its docstring describes the arguments)."""
     plan = plan_fit(
@@ -127,9 +128,42 @@ def fit_em(
         call=plan.call,
         checkpoint=ckpt,
     )
+    _check_start(start, model, plan, len(data))
     if plan.variational:  # Dask data are read into memory here
-        return _fit_vem(model, data, plan, settings, loop)
+        return _fit_vem(model, data, plan, settings, loop, start)
     return _fit_affine(model, data, plan, settings, loop, accelerate)
+
+
+def _check_start(start: Any, model: Model, plan: Plan, n: int) -> None:
+    """Refuse a ``start=`` that the fit of ``plan`` cannot start from."""
+    call = f"{plan.call}(start=...)"
+    if start is None:
+        return
+    if not isinstance(start, FitResult):
+        msg = f"{call}: expected the FitResult of a fit, got {type(start).__name__}"
+        raise TypeError(msg)
+    if not plan.variational:
+        msg = (
+            f"{call}: a start serves fits with an output that is not affine "
+            "(QuadraticTransform); affine fits start from PCA. Leave start=None"
+        )
+        raise ValueError(msg)
+    if "latents" in plan.fixed:
+        msg = f"{call}: the latents are fixed; leave start=None"
+        raise ValueError(msg)
+    shape = tuple(start.posterior.mean.shape)
+    if shape != (n, model.latent_size):
+        msg = (
+            f"{call}: its posterior has shape {shape}, expected ({n}, "
+            f"{model.latent_size}): a fit of these stars with this latent size"
+        )
+        raise ValueError(msg)
+    for name in plan.names:
+        p = start.params.get(name)
+        if p is not None and model.outputs[name].scatter_prior is not None:
+            if SCATTER not in p:
+                msg = f"{call}: params[{name!r}] has no extra scatter 's'"
+                raise ValueError(msg)
 
 
 def _fit_affine(model, data, plan: Plan, settings, loop, accelerate) -> FitResult:
@@ -215,14 +249,35 @@ def _affine_start(model: Model, data: PolluxData, plan: Plan, settings) -> FitRe
     )
 
 
-def _start_params(model, names, specs, params, start: FitResult, dtype) -> tuple:
-    """The variational EM's start parameters: the affine view's weights (the other
-    terms zero) and scatter of each free output."""
+def _given_start(model: Model, data: PolluxData, plan: Plan, start: FitResult):
+    """The parameters and latent posterior of ``start`` (e.g. a fit of the flux
+    alone); the outputs it did not fit start from an unweighted regression of
+    their affine views on its latents (`pollux.core.em.initialize`)."""
+    mean = start.posterior.mean
+    fitted = {n: dict(start.params[n]) for n in plan.names if n in start.params}
+    others = tuple(n for n in plan.names if n not in fitted)
+    if others:
+        twin = Definition(
+            model.latent_size, {n: model.outputs[n].affine_view() for n in others}
+        )
+        blocks = blocks_for(twin, data, others, {}, plan.call)
+        dtype = blocks[0].values.dtype
+        problem, params = em_problem(
+            twin, others, blocks, {}, plan.call, fixed_latents=on_device(mean, dtype)
+        )
+        regressed = em.initialize(problem, params, problem.fixed_latents)
+        fitted.update(zip(others, regressed, strict=True))
+    return fitted, mean, start.posterior.cov
+
+
+def _start_params(model, names, specs, params, fitted_params, dtype) -> tuple:
+    """The variational EM's start parameters: the fitted weights of each free
+    output (e.g. its affine view's, the other terms zero) and its scatter."""
     k = model.latent_size
     started = []
     for name, spec, p in zip(names, specs, params, strict=True):
         q = dict(p)
-        fitted = start.params[name]
+        fitted = fitted_params[name]
         if spec.free:
             t = model.outputs[name]
             shapes = t.param_shapes(k)
@@ -236,10 +291,13 @@ def _start_params(model, names, specs, params, start: FitResult, dtype) -> tuple
     return tuple(started)
 
 
-def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitResult:
+def _fit_vem(
+    model: Model, data: PolluxData, plan: Plan, settings, loop, start
+) -> FitResult:
     """Variational EM (`pollux.core.vem`) for fits with a non-affine output, in
     memory on one device or sharded over the devices of ``plan`` (Dask data are
-    read into memory), the stars a chunk at a time."""
+    read into memory), the stars a chunk at a time; started from ``start``
+    (`_given_start`) or else from the converged fit of the affine view."""
     names, fixed, call = plan.names, plan.fixed, plan.call
     backend = select(plan)
     k = model.latent_size
@@ -258,12 +316,16 @@ def _fit_vem(model: Model, data: PolluxData, plan: Plan, settings, loop) -> FitR
         prec = backend.place(jnp.zeros((n_pad, k, k), dtype))
         state = vem.VState(params, problem.fixed_latents, prec)
     else:
-        start = _affine_start(model, data, plan, settings)
-        params = _start_params(model, names, problem.specs, params, start, dtype)
-        prec = inverse_from_cholesky(cholesky(start.posterior.cov))
+        if start is None:
+            begun = _affine_start(model, data, plan, settings)
+            fitted, mean, cov = begun.params, begun.posterior.mean, begun.posterior.cov
+        else:
+            fitted, mean, cov = _given_start(model, data, plan, start)
+        params = _start_params(model, names, problem.specs, params, fitted, dtype)
+        prec = inverse_from_cholesky(cholesky(jnp.asarray(cov, dtype)))
         # padding stars: the prior, which they keep (they have no data)
         eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n_pad - n, k, k))
-        mean = pad_rows(start.posterior.mean, n_pad, 0.0)
+        mean = pad_rows(jnp.asarray(mean, dtype), n_pad, 0.0)
         state = vem.VState(params, *backend.place((mean, jnp.concatenate([prec, eye]))))
     state, losses, n_iter, converged = loop(
         lambda st, prev, threshold, left: backend.vem_chunk(

@@ -36,6 +36,7 @@ __all__ = [
     "check_seed",
     "fit_keywords",
     "fitted_names",
+    "given_start",
     "held_out",
     "settings_keywords",
     "split_folds",
@@ -124,7 +125,7 @@ def check_outputs_in_data(data: PolluxData, names: Iterable[str], call: str) -> 
 
 
 # Keywords of LuxModel.fit that the held-out machinery sets itself.
-_OWN_FIT_KEYWORDS = ("data", "progress")
+_OWN_FIT_KEYWORDS = ("data", "progress", "start")  # set per fold here
 
 
 def fit_keywords(model: Model, fit_kwargs: Any, call: str) -> dict[str, Any]:
@@ -287,13 +288,17 @@ def held_out(
     progress: bool,
     desc: str = "folds",
 ) -> HeldOutPredictions:
-    """Refit on all but each fold (from scratch), predict the fold's ``targets``
-    from its ``given`` outputs alone. Arguments must be checked by the caller.
+    """Refit on all but each fold, predict the fold's ``targets`` from its
+    ``given`` outputs alone. Arguments must be checked by the caller.
 
-    ``make_model`` returns the model to refit; it is called once per fold.
+    ``make_model`` returns the model to refit; it is called once per fold. Every
+    fold's fit starts from scratch, or, for a variational fit over several folds,
+    from one fit of the ``given`` outputs of all the stars (`given_start`): no
+    held-out label enters the model that predicts it either way.
     """
     parts = split_folds(len(data), folds, seed)
     everything = np.arange(len(data))
+    start = given_start(make_model(), data, given, fit_kwargs, len(parts))
     index, fold_ids, n_train, converged = [], [], [], []
     cols: dict[str, dict[str, list[np.ndarray]]] = {
         key: {t: [] for t in targets} for key in ("mean", "var", "s")
@@ -301,7 +306,10 @@ def held_out(
     for i, held in enumerate(tqdm(parts, desc=desc, disable=not progress)):
         this = make_model()
         train_idx = np.setdiff1d(everything, held, assume_unique=True)
-        fold_fit = this.fit(data[train_idx], **fit_kwargs, progress=False)
+        kwargs = dict(fit_kwargs)
+        if start is not None:
+            kwargs["start"] = start.rows(train_idx)
+        fold_fit = this.fit(data[train_idx], **kwargs, progress=False)
         test = data[held]
         post = this.infer_latents(test, fold_fit.params, names=given)
         params = {}
@@ -345,6 +353,43 @@ def held_out(
         n_train=tuple(n_train),
         converged=tuple(converged),
     )
+
+
+class GivenStart(eqx.Module):
+    """A fit of the ``given`` outputs alone (no label) of every star, from which
+    each fold's fit starts (``LuxModel.fit(start=...)``)."""
+
+    result: FitResult
+
+    def rows(self, index: np.ndarray) -> FitResult:
+        """The result restricted to the stars ``index`` (their latent posterior)."""
+        r = self.result
+        posterior = r.posterior[index]
+        params = {**r.params, LATENTS: posterior.mean}
+        return eqx.tree_at(lambda x: (x.params, x.posterior), r, (params, posterior))
+
+
+def given_start(
+    model: Any,
+    data: PolluxData,
+    given: tuple[str, ...],
+    fit_kwargs: Mapping[str, Any],
+    n_folds: int,
+) -> GivenStart | None:
+    """`GivenStart` for folds of a variational fit (an output that is not affine:
+    each fold would otherwise start from its own affine fit and take about
+    three times the cycles), when there are several folds to share it and the
+    model's ``fit`` takes a ``start``; else None."""
+    fit = getattr(model, "fit", None)
+    if n_folds < 2 or "start" not in inspect.signature(fit).parameters:
+        return None
+    names = fit_kwargs.get("names")
+    names = [n for n in model.outputs if n in data.names] if names is None else names
+    names = [names] if isinstance(names, str) else list(names)
+    if all(model.outputs[n].is_affine for n in names):
+        return None
+    kwargs = {**fit_kwargs, "names": list(given)}
+    return GivenStart(model.fit(data, **kwargs, progress=False))
 
 
 def _target_cov(result: FitResult, targets: Iterable[str]) -> dict[str, Any]:
