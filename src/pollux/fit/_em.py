@@ -148,7 +148,7 @@ def _check_start(start: Any, model: Model, plan: Plan, n: int) -> None:
             "(QuadraticTransform); affine fits start from PCA. Leave start=None"
         )
         raise ValueError(msg)
-    if "latents" in plan.fixed:
+    if LATENTS in plan.fixed:
         msg = f"{call}: the latents are fixed; leave start=None"
         raise ValueError(msg)
     shape = tuple(start.posterior.mean.shape)

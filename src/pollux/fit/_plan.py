@@ -48,8 +48,8 @@ class Plan:
     dtype
         The data's (or the posterior's) float type.
     variational
-        Whether an output is not affine in the latents (variational EM,
-        Gauss–Newton posteriors; in memory on one device).
+        Whether an output is not affine in the latents (variational EM, in
+        memory on one device or sharded; Gauss–Newton posteriors on one).
     lazy
         Whether the stars are in Dask arrays.
     mesh

@@ -6,7 +6,8 @@ devices (`Sharded`), or in the chunks of Dask arrays (`Dask`). The drivers of
 `pollux.fit` compose the same steps for each of them:
 
 ``prepare`` → ``start`` → ``sweeps`` (until settled) → ``final``; and
-``posterior`` / ``predictive`` for labelling.
+``posterior`` / ``predictive`` for labelling. The in-memory back-ends also run
+the variational EM of quadratic outputs (``vem_chunk``, ``vem_final``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Stars in memory: on one device (`Local`), or sharded over several JAX devices
-(`Sharded`: the closed-form kernels under `jax.shard_map`).
+(`Sharded`: the closed-form kernels, and the variational EM of quadratic
+outputs, under `jax.shard_map`).
 
 With `Sharded`, every device holds ``N / n_devices`` stars (padded with missing stars to a
 multiple) and runs the chunked kernels on them; the sums over stars (the M-step
@@ -7,8 +8,10 @@ and s-step statistics, the objective) are summed over the devices with
 `jax.lax.psum` (`EMProblem.axis_name`), so every device takes the same steps and
 the parameters stay replicated. During the sweeps only those O(D K²) sums cross
 between devices, never the spectra. Per-star results (posteriors, predictions)
-stay sharded. (The PCA start values are computed once per fit on the default
-device, from the caller's arrays, which live there already.)
+stay sharded; so do the variational EM's per-star posteriors, and SQUAREM's
+step length sums their changes over the devices. (The PCA start values are
+computed once per fit on the default device, from the caller's arrays, which
+live there already.)
 """
 
 from __future__ import annotations
