@@ -62,6 +62,19 @@ def _fit(config, chunk_size, accelerate: bool, max_iter: int, tol: float = 0.0):
     return model, result
 
 
+def _twenty_sweeps(model, chunk_size, fixed_params=None):
+    """20 plain EM sweeps of ``model`` on the builders' data."""
+    return model.fit(
+        make_data(),
+        fixed_params=fixed_params,
+        max_iter=20,
+        tol=0.0,
+        progress=False,
+        accelerate=False,
+        chunk_size=chunk_size,
+    )
+
+
 def _assert_tree_close(a, b, rtol, atol=0.0):
     leaves_a, tree_a = jax.tree.flatten(a)
     leaves_b, tree_b = jax.tree.flatten(b)
@@ -98,14 +111,7 @@ def test_chunked_checked_newton_s_step_equals_unchunked():
         prior = {"s": dist.Gamma(2.0, 10.0).expand((6,))}
         model.register_output("flux", AffineTransform(6, param_priors=prior))
         model.register_output("label", LinearTransform(2))
-        return model.fit(
-            make_data(),
-            max_iter=20,
-            tol=0.0,
-            progress=False,
-            accelerate=False,
-            chunk_size=chunk_size,
-        )
+        return _twenty_sweeps(model, chunk_size)
 
     whole, chunked = fit(N), fit(7)
     assert np.all(np.diff(whole.losses) <= 1e-9 * np.abs(whole.losses[1:]))
@@ -136,15 +142,7 @@ def test_chunked_quadratic_sweeps_equal_unchunked(fixed_latents):
         fixed = {"latents": fixed_params_of("fixed_latents")["latents"]}
 
     def fit(chunk_size):
-        return make_quadratic_model(fixed_latents).fit(
-            make_data(),
-            fixed_params=fixed,
-            max_iter=20,
-            tol=0.0,
-            progress=False,
-            accelerate=False,
-            chunk_size=chunk_size,
-        )
+        return _twenty_sweeps(make_quadratic_model(fixed_latents), chunk_size, fixed)
 
     whole, chunked = fit(None), fit(7)
     assert chunked.n_iter == whole.n_iter == 20

@@ -70,9 +70,9 @@ for fixed_latents, accelerate in ((False, False), (True, False), (False, True)):
     for devices in (None, 4, 3):
         model = make_quadratic_model(fixed_latents)
         data = make_data()
-        fixed = fixed_params_of("fixed_latents") if fixed_latents else {}
+        z = fixed_params_of("fixed_latents")["latents"]
         fit = model.fit(
-            data, fixed_params={k: v for k, v in fixed.items() if k == "latents"},
+            data, fixed_params={"latents": z} if fixed_latents else None,
             progress=False, accelerate=accelerate, devices=devices,
             max_iter=8 if accelerate else 20, tol=0.0,
         )

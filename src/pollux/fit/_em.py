@@ -8,7 +8,6 @@ converged fit of its affine view on the same devices.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Iterable, Mapping
 from functools import partial
@@ -225,16 +224,22 @@ def _all_losses(losses: list, final_loss: Any) -> jax.Array:
     return jax.device_put(np.concatenate([*losses, np.asarray(final_loss)[None]]))
 
 
+def _affine_twin(model: Model, names: Iterable[str]) -> Definition:
+    """The model with each output of ``names`` replaced by its affine view
+    (e.g. ``Q = 0``)."""
+    views = {name: model.outputs[name].affine_view() for name in names}
+    return Definition(model.latent_size, views)
+
+
 def _affine_start(model: Model, data: PolluxData, plan: Plan, settings) -> FitResult:
-    """The converged fit of the model with every output replaced by its affine
-    view (e.g. ``Q = 0``), on the same devices: the start of the variational EM."""
-    outputs, twin_fixed = {}, {}
+    """The converged fit of the model's affine twin (`_affine_twin`), on the same
+    devices: the start of the variational EM."""
+    twin = _affine_twin(model, plan.names)
+    twin_fixed = {}
     for name in plan.names:
-        t = outputs[name] = model.outputs[name].affine_view()
         if name in plan.fixed:
-            kept = (*t.param_names, SCATTER)
+            kept = (*twin.outputs[name].param_names, SCATTER)
             twin_fixed[name] = {p: v for p, v in plan.fixed[name].items() if p in kept}
-    twin = Definition(model.latent_size, outputs)
     return fit_em(
         twin,
         data,
@@ -257,9 +262,7 @@ def _given_start(model: Model, data: PolluxData, plan: Plan, start: FitResult):
     fitted = {n: dict(start.params[n]) for n in plan.names if n in start.params}
     others = tuple(n for n in plan.names if n not in fitted)
     if others:
-        twin = Definition(
-            model.latent_size, {n: model.outputs[n].affine_view() for n in others}
-        )
+        twin = _affine_twin(model, others)
         blocks = blocks_for(twin, data, others, {}, plan.call)
         dtype = blocks[0].values.dtype
         problem, params = em_problem(
@@ -309,9 +312,9 @@ def _fit_vem(
     if z_fixed is not None:
         z_fixed = backend.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
     problem, params = vem_problem(
-        model, names, backend.place(blocks), fixed, call, z_fixed
+        model, names, backend.place(blocks), fixed, call, z_fixed, chunk_size=size
     )
-    problem = backend.for_devices(dataclasses.replace(problem, chunk_size=size))
+    problem = backend.for_devices(problem)
     if problem.fixed_latents is not None:
         prec = backend.place(jnp.zeros((n_pad, k, k), dtype))
         state = vem.VState(params, problem.fixed_latents, prec)

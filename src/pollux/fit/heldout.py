@@ -380,8 +380,7 @@ def given_start(
     each fold would otherwise start from its own affine fit and take about
     three times the cycles), when there are several folds to share it and the
     model's ``fit`` takes a ``start``; else None."""
-    fit = getattr(model, "fit", None)
-    if n_folds < 2 or "start" not in inspect.signature(fit).parameters:
+    if n_folds < 2 or "start" not in inspect.signature(model.fit).parameters:
         return None
     names = fit_kwargs.get("names")
     names = [n for n in model.outputs if n in data.names] if names is None else names

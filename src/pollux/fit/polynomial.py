@@ -106,9 +106,11 @@ def vem_problem(
     fixed: Mapping[str, Any],
     call: str,
     fixed_latents: Array | None = None,
+    chunk_size: int | None = None,
 ) -> tuple[VEMProblem, tuple[dict[str, Array], ...]]:
-    """The `VEMProblem` of the outputs ``names`` and start parameters (fixed values
-    where given, else zero weights and unit scatter)."""
+    """The `VEMProblem` of the outputs ``names`` (read ``chunk_size`` stars at a
+    time) and start parameters (fixed values where given, else zero weights and
+    unit scatter)."""
     k = model.latent_size
     n = blocks[0].values.shape[0]
     dtype = blocks[0].values.dtype
@@ -160,6 +162,7 @@ def vem_problem(
         fixed_latents=None
         if fixed_latents is None
         else jnp.asarray(fixed_latents, dtype),
+        chunk_size=chunk_size,
     )
     return problem, tuple(params)
 
