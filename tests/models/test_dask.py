@@ -1,12 +1,16 @@
 """Data held in Dask arrays: fits, posteriors and predictions equal the in-memory
 ones, on Dask's local scheduler and on a `LocalCluster` of worker processes, with
 a worker killed half-way through a fit or during labelling; checkpoints of a fit
-resume where a killed fit stopped.
+resume where a killed fit stopped. Quadratic outputs (the variational EM, whose
+workers keep their stars' posteriors) too.
 
 Tolerances: the Dask path sums the same float64 terms per Dask chunk and then over
 chunks (in memory: per kernel chunk), from the same PCA start. Through 12 plain EM
 sweeps this moves the objective and the predictions by ≲ 1e-8 relatively (seen:
-≤ 1e-9); the issue asks for 1e-6.
+≤ 1e-9); the issue asks for 1e-6. The variational EM amplifies rounding more
+(SQUAREM's step length is a ratio of norms summed in another order): after 20
+sweeps or 8 SQUAREM cycles, seen ≤ 1.5e-8 relative in the objective and ≤ 2e-7
+absolute in predicted labels of order one.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from builders import (  # noqa: E402
     fixed_params_of,
     make_data,
     make_model,
+    make_quadratic_model,
 )
 from distributed import Client, LocalCluster  # noqa: E402
 
@@ -153,11 +158,28 @@ class TestCluster:
         stats_size = 8 * sum(d * (2 + 2 + 1) ** 2 for d in (6, 2))  # generous bound
         assert per_pass <= 2 * stats_size
 
-    def test_fit_survives_a_killed_worker(self, client, monkeypatch):
-        model, data = make_model(*CONFIGS["scatter"]), make_data()
+    def test_quadratic_squarem_fit_on_two_workers_matches_memory(self, client):
+        model, data, ref, fit = _quadratic_fits(False, True)
+        _assert_same_quadratic(model, data, ref, fit)
+        assert fit.stats["workers"] == 2
+        # Per pass: one set of sums from each worker, never the spectra; the
+        # M-step sums are the largest (per output: D × (T + M) for M features
+        # and T packed pairs; K = 2: M = 6, T = 21).
+        per_pass = fit.stats["bytes_received"] / fit.stats["passes"]
+        assert per_pass <= 2 * 8 * sum(d * (21 + 6 + 2) for d in (6, 2))
+        assert per_pass < np.asarray(data["flux"].data).nbytes
+
+    @pytest.mark.parametrize("kind", ["affine", "quadratic"])
+    def test_fit_survives_a_killed_worker(self, client, monkeypatch, kind):
+        # Killed three quarters into the passes. Quadratic: the lost chunks'
+        # posteriors are recomputed from their lineage (the passes before).
+        if kind == "affine":
+            model, settings = make_model(*CONFIGS["scatter"]), dict(SWEEPS, max_iter=30)
+        else:
+            model = make_quadratic_model()
+            settings = dict(SWEEPS, max_iter=10, accelerate=True)
+        data = make_data()
         lazy = _lazy(data, rows=7)
-        settings = dict(SWEEPS, max_iter=30)
-        undisturbed = _outcome(model, data, model.fit(lazy, **settings))
         passes = {"run": 0}
         run = _dask.Runner.run
 
@@ -166,12 +188,16 @@ class TestCluster:
             return run(self, *args, **kwargs)
 
         monkeypatch.setattr(_dask.Runner, "run", counted)
+        undisturbed = _outcome(model, data, model.fit(lazy, **settings))
+        # (the quadratic fit's passes come after its affine start's)
+        total = passes["run"]
+        kill_at, passes["run"] = total * 3 // 4, 0
         pids = client.run(os.getpid)
         victim = sorted(pids)[0]
         killed = {}
 
         def kill_half_way():
-            while passes["run"] < 30:  # ~15 of the 30 sweeps
+            while passes["run"] < kill_at:
                 time.sleep(0.005)
             killed["at"] = passes["run"]
             os.kill(pids[victim], signal.SIGKILL)
@@ -180,7 +206,7 @@ class TestCluster:
         killer.start()
         fit = model.fit(lazy, **settings)
         killer.join(timeout=60)
-        assert killed and killed["at"] < fit.stats["passes"]  # during the fit
+        assert killed and killed["at"] < total == passes["run"]  # during the fit
         assert pids[victim] not in client.run(os.getpid).values()  # it did die
         # Dask recomputed the lost chunks (in the same groups, now on the other
         # worker): the same sums up to rounding (seen: 3e-10 relative after 30 sweeps).
@@ -341,24 +367,59 @@ def test_checkpoint_of_a_converged_fit_goes_on_with_a_smaller_tol(tmp_path):
     assert tight.losses[-1] < loose.losses[-1]
 
 
-def test_fits_needing_memory_read_dask_data_into_it():
-    """Quadratic outputs and devices= take Dask data into memory (as before)."""
+def test_fits_on_devices_read_dask_data_into_memory():
     model, data = make_model(*CONFIGS["scatter"]), make_data()
-    lazy = _lazy(data)
     ref = model.fit(data, **SWEEPS)
     np.testing.assert_array_equal(
-        model.fit(lazy, devices=1, **SWEEPS).losses, ref.losses
+        model.fit(_lazy(data), devices=1, **SWEEPS).losses, ref.losses
     )
-    quad = plx.LuxModel(latent_size=2)
-    quad.register_output(
-        "flux", QuadraticTransform(6, param_priors={"s": dist.HalfNormal(1.0)})
+
+
+# ----------------------------------------------------------------------------------
+# Quadratic outputs: the variational EM on the chunks
+# ----------------------------------------------------------------------------------
+QUADRATIC = [(False, False), (True, False), (False, True)]  # fixed latents, SQUAREM
+
+
+def _quadratic_fits(fixed_latents: bool, accelerate: bool, rows: int = 7):
+    """The same variational fit in memory and on Dask chunks of ``rows`` stars:
+    20 plain sweeps or 8 SQUAREM cycles."""
+    model, data = make_quadratic_model(fixed_latents), make_data()
+    z = fixed_params_of("fixed_latents")["latents"]
+    kw = dict(
+        fixed_params={"latents": z} if fixed_latents else None,
+        progress=False,
+        accelerate=accelerate,
+        max_iter=8 if accelerate else 20,
+        tol=0.0,
     )
-    quad.register_output("label", AffineTransform(2))
-    settings = dict(SWEEPS, max_iter=3)
-    # (its affine start, a fit of the same Dask data, runs on the Dask path)
+    return model, data, model.fit(data, **kw), model.fit(_lazy(data, rows), **kw)
+
+
+def _assert_same_quadratic(model, data, ref, fit):
+    assert fit.n_iter == ref.n_iter
+    assert fit.stats["backend"] == "dask" and ref.stats["backend"] == "local"
+    loss_a, pred_a, err_a = _outcome(model, data, ref)
+    loss_b, pred_b, err_b = _outcome(model, data, fit)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=RTOL)
+    np.testing.assert_allclose(pred_b, pred_a, rtol=RTOL, atol=1e-6)
+    np.testing.assert_allclose(err_b, err_a, rtol=RTOL, atol=1e-6)
     np.testing.assert_allclose(
-        quad.fit(lazy, **settings).losses, quad.fit(data, **settings).losses, rtol=RTOL
+        fit.posterior.mean, ref.posterior.mean, rtol=RTOL, atol=1e-6
     )
+    np.testing.assert_allclose(fit.posterior.cov, ref.posterior.cov, atol=1e-6)
+    for name in ("flux", "label"):
+        for key, value in ref.params[name].items():
+            np.testing.assert_allclose(
+                fit.params[name][key], value, rtol=RTOL, atol=1e-6
+            )
+
+
+@pytest.mark.parametrize(("fixed_latents", "accelerate"), QUADRATIC)
+def test_quadratic_fit_on_the_local_scheduler_matches_memory(fixed_latents, accelerate):
+    # Its affine start, a fit of the same Dask data, runs on the Dask path too.
+    model, data, ref, fit = _quadratic_fits(fixed_latents, accelerate)
+    _assert_same_quadratic(model, data, ref, fit)
 
 
 def test_bad_dask_data_is_refused():

@@ -75,8 +75,10 @@ __all__ = [
     "s_steps_with",
     "scatter_floors",
     "sq_norm",
+    "squarem_alpha",
     "squarem_cycle",
     "squarem_point",
+    "squarem_step",
     "sweep_with",
 ]
 
@@ -448,16 +450,28 @@ def sq_norm(tree: Any) -> Array:
     return sum(jnp.sum(x**2) for x in jax.tree.leaves(tree))
 
 
+def squarem_alpha(r_sq: Array, v_sq: Array) -> Array:
+    """SQUAREM's step length ``α = -|r|/|v|``, at most -1 (-1 where ``v = 0``),
+    from the squared norms of ``r = p1 - p0`` and ``v = p2 - 2p1 + p0``."""
+    r_norm, v_norm = jnp.sqrt(r_sq), jnp.sqrt(v_sq)
+    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
+    return jnp.minimum(alpha, -1.0)
+
+
+def squarem_step(p0: Any, p1: Any, p2: Any, alpha: Array) -> Any:
+    """The extrapolated point ``p0 - 2αr + α²v`` of three successive iterates."""
+    return jax.tree.map(
+        lambda a, b, c: a - 2 * alpha * (b - a) + alpha**2 * (c - 2 * b + a), p0, p1, p2
+    )
+
+
 def squarem_point(p0: Any, p1: Any, p2: Any, sq: Any = sq_norm) -> Any:
     """SQUAREM's extrapolated point ``p0 - 2αr + α²v`` of three successive
-    iterates (``r = p1 - p0``, ``v = p2 - 2p1 + p0``, ``α = -|r|/|v| <= -1``;
+    iterates (``r = p1 - p0``, ``v = p2 - 2p1 + p0``, `squarem_alpha`;
     ``sq(t)``: the squared norm of a difference of iterates)."""
     r = jax.tree.map(jnp.subtract, p1, p0)
     v = jax.tree.map(lambda a, b, c: a - 2 * b + c, p2, p1, p0)
-    r_norm, v_norm = jnp.sqrt(sq(r)), jnp.sqrt(sq(v))
-    alpha = jnp.where(v_norm > 0, -r_norm / jnp.where(v_norm > 0, v_norm, 1.0), -1.0)
-    alpha = jnp.minimum(alpha, -1.0)
-    return jax.tree.map(lambda a, ri, vi: a - 2 * alpha * ri + alpha**2 * vi, p0, r, v)
+    return squarem_step(p0, p1, p2, squarem_alpha(sq(r), sq(v)))
 
 
 def positive_scatter(params: Params) -> Params:

@@ -47,7 +47,8 @@ from .em import (
     s_steps_with,
     scatter_floors,
     sq_norm,
-    squarem_point,
+    squarem_alpha,
+    squarem_step,
 )
 from .features import (
     feature_index,
@@ -62,7 +63,21 @@ from .mstep import ridge_inverse, ridge_solve
 from .posterior import precisions
 from .variational import e_step, star_stats
 
-__all__ = ["FeatureSpec", "VEMProblem", "named_params", "vem_chunk", "vem_final"]
+__all__ = [
+    "FeatureSpec",
+    "InMemoryV",
+    "VEMProblem",
+    "VState",
+    "diff_sq",
+    "extrapolated_stars",
+    "final_with",
+    "named_params",
+    "row_covs",
+    "squarem_cycle_with",
+    "sweep_with",
+    "vem_chunk",
+    "vem_final",
+]
 
 THETA = "theta"
 Params = tuple[dict[str, Array], ...]
@@ -298,30 +313,105 @@ class VState(NamedTuple):
     prec: Float[Array, "n k k"]
 
 
-def _sweep(
-    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
-) -> tuple[VState, Array]:
-    """One sweep (E-step, M-step, s-step); returns the new state and the
-    objective after its E-step. The s-step is that of `pollux.core.em`, its
-    passes over the chunks of stars with the residuals of `_resid`."""
-    a = _posterior_pass(problem, state, n_inner)
-    loss = a.nll + _neg_log_prior(problem, state.params)
-    params = _solve(problem, state.params, a.sums)
-    params = s_steps_with(
-        InMemory(problem, _resid), problem, floors, params, (a.mean, a.cov)
+class InMemoryV(NamedTuple):
+    """The passes of a variational sweep over the blocks of ``problem`` (inside a
+    compiled program), and the per-star steps of SQUAREM. Another source of
+    passes — Dask chunks on workers (`pollux.fit.backends`), which keep the
+    posteriors of their stars — provides the same methods and a ``host`` that
+    compiles the small steps run between them. ``stars`` are the per-star part
+    of the state, here ``(mean, prec)``."""
+
+    problem: VEMProblem
+
+    @staticmethod
+    def host(fn: Any) -> Any:
+        """The steps between passes: traced into the surrounding program."""
+        return fn
+
+    def posterior(self, params: Params, stars: Any, n_inner: int):
+        """Pass A (`_posterior_pass`): the objective's data term, the M-step
+        sums, the new ``stars`` and what the s-step passes read, ``(mean, cov)``."""
+        a = _posterior_pass(self.problem, VState(params, *stars), n_inner)
+        return a.nll, a.sums, (a.mean, a.prec), (a.mean, a.cov)
+
+    def s_sums(self, params: Params, kept: Any, t0: dict):
+        return InMemory(self.problem, _resid).s_sums(params, kept, t0)
+
+    def s_values(self, params: Params, kept: Any, cands: dict):
+        return InMemory(self.problem, _resid).s_values(params, kept, cands)
+
+    def star_sq(self, t0: Any, t1: Any, t2: Any) -> tuple[Array, Array]:
+        """`diff_sq` of three ``stars``, summed over the devices."""
+        return self.problem.sum_over_stars(diff_sq(t0, t1, t2))
+
+    def extrapolate(self, t0: Any, t1: Any, t2: Any, alpha: Array) -> Any:
+        return extrapolated_stars(t0, t1, t2, alpha)
+
+    @staticmethod
+    def select(ok: Array, a: Any, b: Any) -> Any:
+        return jax.tree.map(lambda x, y: jnp.where(ok, x, y), a, b)
+
+
+def diff_sq(t0: Any, t1: Any, t2: Any) -> tuple[Array, Array]:
+    """``(|r|², |v|²)``: the squared norms of SQUAREM's differences ``r = t1 -
+    t0`` and ``v = t2 - 2 t1 + t0`` of three successive iterates."""
+    r = jax.tree.map(jnp.subtract, t1, t0)
+    v = jax.tree.map(lambda a, b, c: a - 2 * b + c, t2, t1, t0)
+    return sq_norm(r), sq_norm(v)
+
+
+def extrapolated_stars(t0: Any, t1: Any, t2: Any, alpha: Array) -> Any:
+    """SQUAREM's extrapolated ``(mean, prec)`` of every star (`squarem_step`);
+    a star whose extrapolated precision is not positive definite keeps its
+    posterior of ``t2``."""
+    mean, prec = squarem_step(t0, t1, t2, alpha)
+    L = cholesky(prec)
+    pd = jnp.all(jnp.isfinite(L), axis=(1, 2)) & jnp.all(jnp.isfinite(mean), axis=1)
+    return (
+        jnp.where(pd[:, None], mean, t2[0]),
+        jnp.where(pd[:, None, None], prec, t2[1]),
     )
-    return VState(params, a.mean, a.prec), loss
 
 
-def _state_sq(problem: VEMProblem, t: VState) -> Array:
-    """Squared norm of a difference of states: the parameters (the same on every
-    device) and the posteriors of every star (summed over the devices)."""
-    return sq_norm(t.params) + problem.sum_over_stars(sq_norm((t.mean, t.prec)))
+def sweep_with(
+    passes: Any,
+    problem: VEMProblem,
+    floors: tuple,
+    params: Params,
+    stars: Any,
+    n_inner: int,
+) -> tuple[Params, Any, Array]:
+    """One sweep (E-step, M-step, s-step) over the data of ``passes``: the new
+    parameters and stars, and the objective after the E-step. The s-step is
+    that of `pollux.core.em`, with the residuals of `_resid`."""
+    host = passes.host
+    nll, sums, stars, kept = passes.posterior(params, stars, n_inner)
+    loss = nll + host(_neg_log_prior)(problem, params)
+    new = host(_solve)(problem, params, sums)
+    return s_steps_with(passes, problem, floors, new, kept), stars, loss
 
 
-def _squarem_cycle(
-    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
-) -> tuple[VState, Array]:
+def _extrapolated_params(p0, p1, p2, star_sq) -> tuple[Params, Array]:
+    """SQUAREM's step length over the whole state (the parameters, the same on
+    every device, and ``star_sq``, the stars' part) and the extrapolated
+    parameters (scatter made non-negative)."""
+    r_sq, v_sq = diff_sq(p0, p1, p2)
+    alpha = squarem_alpha(r_sq + star_sq[0], v_sq + star_sq[1])
+    return positive_scatter(squarem_step(p0, p1, p2, alpha)), alpha
+
+
+def _accepted(loss_ext: Array, loss1: Array) -> Array:
+    return jnp.isfinite(loss_ext) & (loss_ext <= loss1)
+
+
+def squarem_cycle_with(
+    passes: Any,
+    problem: VEMProblem,
+    floors: tuple,
+    params: Params,
+    stars: Any,
+    n_inner: int,
+) -> tuple[Params, Any, Array]:
     """Two sweeps and a squared extrapolation of the whole state (SQUAREM, as in
     `pollux.core.em`), then a sweep from the extrapolated state, kept when the
     objective after its E-step is no worse than after the second sweep's.
@@ -329,18 +419,40 @@ def _squarem_cycle(
     Stars whose extrapolated precision is not positive definite keep the second
     sweep's posterior; the objective never increases.
     """
-    s1, loss0 = _sweep(problem, floors, state, n_inner)
-    s2, loss1 = _sweep(problem, floors, s1, n_inner)
-    ext = squarem_point(state, s1, s2, partial(_state_sq, problem))
-    params = positive_scatter(ext.params)
-    L = cholesky(ext.prec)
-    pd = jnp.all(jnp.isfinite(L), axis=(1, 2)) & jnp.all(jnp.isfinite(ext.mean), axis=1)
-    mean = jnp.where(pd[:, None], ext.mean, s2.mean)
-    prec = jnp.where(pd[:, None, None], ext.prec, s2.prec)
-    from_ext, loss_ext = _sweep(problem, floors, VState(params, mean, prec), n_inner)
-    ok = jnp.isfinite(loss_ext) & (loss_ext <= loss1)
-    new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), from_ext, s2)
-    return new, loss0
+    host = passes.host
+
+    def sweep(p, t):
+        return sweep_with(passes, problem, floors, p, t, n_inner)
+
+    p1, t1, loss0 = sweep(params, stars)
+    p2, t2, loss1 = sweep(p1, t1)
+    star_sq = passes.star_sq(stars, t1, t2)
+    p_ext, alpha = host(_extrapolated_params)(params, p1, p2, star_sq)
+    t_ext = passes.extrapolate(stars, t1, t2, alpha)
+    p3, t3, loss_ext = sweep(p_ext, t_ext)
+    ok = host(_accepted)(loss_ext, loss1)
+    new_params, new_stars = passes.select(ok, (p3, t3), (p2, t2))
+    return new_params, new_stars, loss0
+
+
+def _sweep(
+    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
+) -> tuple[VState, Array]:
+    """One sweep over the blocks of ``problem`` (`sweep_with`)."""
+    params, stars, loss = sweep_with(
+        InMemoryV(problem), problem, floors, state.params, state[1:], n_inner
+    )
+    return VState(params, *stars), loss
+
+
+def _squarem_cycle(
+    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
+) -> tuple[VState, Array]:
+    """One SQUAREM cycle over the blocks of ``problem`` (`squarem_cycle_with`)."""
+    params, stars, loss = squarem_cycle_with(
+        InMemoryV(problem), problem, floors, state.params, state[1:], n_inner
+    )
+    return VState(params, *stars), loss
 
 
 @partial(jax.jit, static_argnames=("n_steps", "n_inner", "accelerate"))
@@ -370,19 +482,37 @@ def vem_chunk(
     )
 
 
+def row_covs(problem: VEMProblem, params: Params, sums) -> tuple[Array, ...]:
+    """Each output's row covariances: the inverse normal matrices of the M-step
+    (zero where fixed)."""
+    out = []
+    for G, p in zip(_normal_matrices(problem, sums), params, strict=True):
+        if G is None:
+            d, mo = p[THETA].shape
+            out.append(jnp.zeros((d, mo, mo), p[THETA].dtype))
+        else:
+            out.append(ridge_inverse(G))
+    return tuple(out)
+
+
+def final_with(
+    passes: Any, problem: VEMProblem, params: Params, stars: Any, n_inner: int
+) -> tuple[Any, Array, tuple[Array, ...]]:
+    """E-step at the final parameters over the data of ``passes``: the stars,
+    the objective and the row covariances (`row_covs`)."""
+    host = passes.host
+    nll, sums, stars, _ = passes.posterior(params, stars, n_inner)
+    loss = nll + host(_neg_log_prior)(problem, params)
+    return stars, loss, host(row_covs)(problem, params, sums)
+
+
 @partial(jax.jit, static_argnames=("n_inner",))
 def vem_final(
     problem: VEMProblem, state: VState, n_inner: int
 ) -> tuple[VState, Array, tuple[Array, ...]]:
     """E-step at the final parameters: the state, the objective, and each output's
-    row covariances (inverse normal matrices of the M-step; zero where fixed)."""
-    a = _posterior_pass(problem, state, n_inner)
-    loss = a.nll + _neg_log_prior(problem, state.params)
-    row_covs = []
-    for G, p in zip(_normal_matrices(problem, a.sums), state.params, strict=True):
-        if G is None:
-            d, mo = p[THETA].shape
-            row_covs.append(jnp.zeros((d, mo, mo), a.mean.dtype))
-        else:
-            row_covs.append(ridge_inverse(G))
-    return VState(state.params, a.mean, a.prec), loss, tuple(row_covs)
+    row covariances (`row_covs`)."""
+    stars, loss, covs = final_with(
+        InMemoryV(problem), problem, state.params, state[1:], n_inner
+    )
+    return VState(state.params, *stars), loss, covs

@@ -1,9 +1,9 @@
 """Driver of `LuxModel.fit`: plan → problem → the back-end's loop → `FitResult`.
 
-Affine outputs run on a back-end (`pollux.fit.backends`); a fit with an output
-that is not affine runs the variational EM of `pollux.core.vem` in memory, on one
-device or sharded over several (Dask data are read into memory), started from the
-converged fit of its affine view on the same devices.
+Every fit runs on a back-end (`pollux.fit.backends`): the EM of affine outputs,
+or, for a fit with an output that is not affine, the variational EM of
+`pollux.core.vem`, started from the converged fit of its affine view on the same
+back-end.
 """
 
 from __future__ import annotations
@@ -19,10 +19,6 @@ import numpy as np
 
 from .._params import LATENTS, SCATTER, check_positive_int, without_latents
 from ..core import em, vem
-from ..core.blocks import count_observed
-from ..core.chunks import pad_rows
-from ..core.features import n_features
-from ..core.linalg import cholesky, inverse_from_cholesky
 from ..data import PolluxData
 from ..io import Checkpoint, fingerprint
 from ._plan import Plan, plan_fit
@@ -128,7 +124,7 @@ def fit_em(
         checkpoint=ckpt,
     )
     _check_start(start, model, plan, len(data))
-    if plan.variational:  # Dask data are read into memory here
+    if plan.variational:
         return _fit_vem(model, data, plan, settings, loop, start)
     return _fit_affine(model, data, plan, settings, loop, accelerate)
 
@@ -297,66 +293,53 @@ def _start_params(model, names, specs, params, fitted_params, dtype) -> tuple:
 def _fit_vem(
     model: Model, data: PolluxData, plan: Plan, settings, loop, start
 ) -> FitResult:
-    """Variational EM (`pollux.core.vem`) for fits with a non-affine output, in
-    memory on one device or sharded over the devices of ``plan`` (Dask data are
-    read into memory), the stars a chunk at a time; started from ``start``
-    (`_given_start`) or else from the converged fit of the affine view."""
+    """Variational EM (`pollux.core.vem`) for fits with a non-affine output, on
+    the back-end of ``plan`` (in memory on one device or sharded over several,
+    the stars a chunk at a time; or on the chunks of Dask data, whose workers
+    keep their stars' posteriors); started from ``start`` (`_given_start`) or
+    else from the converged fit of the affine view on the same back-end."""
     names, fixed, call = plan.names, plan.fixed, plan.call
     backend = select(plan)
-    k = model.latent_size
-    blocks, n, n_pad, size = backend.blocks(plan, model, data, n_features(k) - 1)
-    observed = tuple(int(count_observed((b,))) for b in blocks)
-    _require_observed(model, plan, observed)
-    dtype = blocks[0].values.dtype
-    z_fixed = fixed.get(LATENTS)
-    if z_fixed is not None:
-        z_fixed = backend.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
-    problem, params = vem_problem(
-        model, names, backend.place(blocks), fixed, call, z_fixed, chunk_size=size
+    prepared = backend.vem_prepare(
+        plan,
+        model,
+        data,
+        lambda blocks, size, z_fixed: vem_problem(
+            model, names, blocks, fixed, call, z_fixed, chunk_size=size
+        ),
     )
-    problem = backend.for_devices(problem)
-    if problem.fixed_latents is not None:
-        prec = backend.place(jnp.zeros((n_pad, k, k), dtype))
-        state = vem.VState(params, problem.fixed_latents, prec)
-    else:
+    _require_observed(model, plan, prepared.observed)
+    problem, params = prepared.problem, prepared.params
+    mean = cov = None
+    if LATENTS not in fixed:
         if start is None:
             begun = _affine_start(model, data, plan, settings)
             fitted, mean, cov = begun.params, begun.posterior.mean, begun.posterior.cov
         else:
             fitted, mean, cov = _given_start(model, data, plan, start)
+        dtype = jax.tree.leaves(params)[0].dtype
         params = _start_params(model, names, problem.specs, params, fitted, dtype)
-        prec = inverse_from_cholesky(cholesky(jnp.asarray(cov, dtype)))
-        # padding stars: the prior, which they keep (they have no data)
-        eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n_pad - n, k, k))
-        mean = pad_rows(jnp.asarray(mean, dtype), n_pad, 0.0)
-        state = vem.VState(params, *backend.place((mean, jnp.concatenate([prec, eye]))))
     state, losses, n_iter, converged = loop(
-        lambda st, prev, threshold, left: backend.vem_chunk(
-            problem, st, prev, threshold, left, _CHUNK, _INNER, settings["accelerate"]
-        ),
-        lambda: state,
-        state,
-        n_obs=sum(observed),
+        backend.vem_sweeps(prepared, _CHUNK, _INNER, settings["accelerate"]),
+        lambda: backend.vem_start(prepared, params, mean, cov),
+        params,
+        n_obs=prepared.n_obs,
     )
-    state, final_loss, row_covs = backend.vem_final(problem, state, _FINAL_INNER)
+    params, final = backend.vem_final(prepared, state, _FINAL_INNER)
     out: dict[str, Any] = {
         key: dict(val) for key, val in without_latents(fixed).items()
     }
-    for name, spec, p in zip(names, problem.specs, state.params, strict=True):
+    k = model.latent_size
+    for name, spec, p in zip(names, problem.specs, params, strict=True):
         out[name] = output_params(model.outputs[name], spec, p, k)
-    mean = state.mean[:n]
-    out[LATENTS] = mean
-    if problem.fixed_latents is not None:
-        cov = jnp.zeros((n, k, k), dtype)
-    else:
-        cov = inverse_from_cholesky(cholesky(state.prec[:n]))
+    out[LATENTS] = final.mean
     return FitResult(
         params=out,
-        posterior=LatentPosterior(mean, cov),
-        losses=_all_losses(losses, final_loss),
+        posterior=LatentPosterior(final.mean, final.cov),
+        losses=_all_losses(losses, final.loss),
         n_iter=n_iter,
         converged=converged,
-        param_cov=dict(zip(names, row_covs, strict=True)),
+        param_cov=dict(zip(names, final.row_covs, strict=True)),
         settings=dict(settings),
-        stats={"backend": backend.name, "devices": backend.n_devices},
+        stats=backend.stats(prepared),
     )

@@ -260,14 +260,15 @@ class LuxModel:
             (no held-out label enters it); near the optimum a fit then takes a
             third of the cycles.
 
-        Data held in Dask arrays (`OutputData` of Dask arrays, affine outputs,
-        ``devices=None``) are fitted chunk by chunk where Dask keeps them: on
-        the workers of the default `dask.distributed` client if there is one
-        (each worker sums its own chunks; per pass only the O(D × K²) sums and
-        the parameters cross the network, the spectra never), else with Dask's
-        local scheduler; the posterior of the training stars is returned in
-        memory. The result is the in-memory one up to float rounding. Other
-        fits read Dask arrays into memory.
+        Data held in Dask arrays (`OutputData` of Dask arrays, ``devices=None``)
+        are fitted chunk by chunk where Dask keeps them: on the workers of the
+        default `dask.distributed` client if there is one (each worker sums its
+        own chunks; per pass only the O(D × K²) sums and the parameters cross
+        the network, the spectra never; a quadratic fit's workers also keep
+        their stars' posteriors), else with Dask's local scheduler; the
+        posterior of the training stars is returned in memory. The result is
+        the in-memory one up to float rounding. With ``devices=`` Dask arrays
+        are read into memory.
 
         Returns
         -------

@@ -24,11 +24,11 @@ __all__ = [
 
 def select(plan: Any) -> Backend:
     """The back-end of ``plan``: `Sharded` over its device mesh, `Dask` for
-    Dask-backed data of affine outputs (on the default distributed client's
-    workers, if there is one), else `Local`."""
+    Dask-backed data (on the default distributed client's workers, if there is
+    one), else `Local`."""
     if plan.mesh is not None:
         return Sharded(plan.mesh)
-    if plan.lazy and not plan.variational:
+    if plan.lazy:
         from ._dask import Dask, client  # imports dask only when it is used
 
         return Dask(client())

@@ -6,8 +6,9 @@ devices (`Sharded`), or in the chunks of Dask arrays (`Dask`). The drivers of
 `pollux.fit` compose the same steps for each of them:
 
 ``prepare`` → ``start`` → ``sweeps`` (until settled) → ``final``; and
-``posterior`` / ``predictive`` for labelling. The in-memory back-ends also run
-the variational EM of quadratic outputs (``vem_chunk``, ``vem_final``).
+``posterior`` / ``predictive`` for labelling. The variational EM of quadratic
+outputs (`pollux.core.vem`) has the same four steps: ``vem_prepare`` →
+``vem_start`` → ``vem_sweeps`` → ``vem_final``.
 """
 
 from __future__ import annotations
@@ -102,6 +103,31 @@ class Backend(abc.ABC):
     def stats(self, prepared: Prepared) -> dict[str, Any]:
         """What the fit cost on this back-end (for `FitResult.stats`)."""
         return {"backend": self.name, "devices": self.n_devices}
+
+    @abc.abstractmethod
+    def vem_prepare(
+        self, plan: Any, model: Any, data: Any, problem_for: Callable
+    ) -> Prepared:
+        """The variational fit of ``plan`` on this back-end; ``problem_for(blocks,
+        chunk_size, fixed_latents)`` builds the `VEMProblem` and start parameters."""
+
+    @abc.abstractmethod
+    def vem_start(self, prepared: Prepared, params: tuple, mean: Any, cov: Any) -> Any:
+        """The start state: ``params`` and the latent posterior ``(mean, cov)``
+        of the caller's stars (ignored with fixed latents), placed where the
+        stars are."""
+
+    @abc.abstractmethod
+    def vem_sweeps(
+        self, prepared: Prepared, n_steps: int, n_inner: int, accelerate: bool
+    ) -> Callable:
+        """``run(state, prev_loss, threshold, max_steps)`` as ``sweeps``, for
+        variational sweeps (SQUAREM cycles when ``accelerate``) of ``n_inner``
+        E-step updates."""
+
+    @abc.abstractmethod
+    def vem_final(self, prepared: Prepared, state: Any, n_inner: int) -> tuple:
+        """``(params, Final)``: the E-step at the final parameters."""
 
     @abc.abstractmethod
     def posterior(self, plan: Any, model: Any, data: Any, affine: tuple) -> tuple:

@@ -39,9 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..._params import LATENTS
-from ...core import em, posterior
+from ...core import em, posterior, vem
 from ...core.blocks import Block, count_observed
 from ...core.chunks import pad_block, pad_rows
+from ...core.features import n_features
+from ...core.linalg import cholesky, inverse_from_cholesky
 from ...core.pca import pca_scores
 from ...core.problem import EMProblem
 from ...data.values import is_lazy
@@ -49,7 +51,15 @@ from .._sizes import chunk_size_for
 from ..checks import check_output, read_block
 from ._base import Backend, Final, Prepared
 
-__all__ = ["Chunk", "Dask", "DaskPasses", "Runner", "chunks_of", "is_lazy_data"]
+__all__ = [
+    "Chunk",
+    "Dask",
+    "DaskPasses",
+    "DaskVEMPasses",
+    "Runner",
+    "chunks_of",
+    "is_lazy_data",
+]
 
 
 def is_lazy_data(data, names: Sequence[str]) -> bool:
@@ -87,11 +97,19 @@ def _load(
     return Chunk(tuple(blocks), z, n)
 
 
-def _group(fn: Callable, args: tuple, chunks: list[Chunk], prev: Any) -> tuple:
+def _group(
+    fn: Callable, args: tuple, chunks: list[Chunk], prev: Any, several: bool = False
+) -> tuple:
     """``fn(chunk, state, *args) -> (sums, keep)`` over a group of chunks:
     the sum of their sums (numpy) and what each keeps. ``prev`` is the result of
-    an earlier `_group` call on the same chunks (its kept states) or None."""
-    states = [None] * len(chunks) if prev is None else prev[1]
+    an earlier `_group` call on the same chunks (its kept states), or None; with
+    ``several``, a tuple of such results (``state``: a tuple of what each kept)."""
+    if prev is None:
+        states = [None] * len(chunks)
+    elif several:
+        states = list(zip(*(p[1] for p in prev), strict=True))
+    else:
+        states = prev[1]
     total, kept = None, []
     for chunk, state in zip(chunks, states, strict=True):
         sums, keep = fn(chunk, state, *args)
@@ -142,19 +160,24 @@ class Runner:
         self.groups = sorted(by_worker.items(), key=lambda item: item[1][0])
 
     def run(
-        self, fn: Callable, *args: Any, states: list | None = None
+        self, fn: Callable, *args: Any, states: list | tuple | None = None
     ) -> tuple[Any, list]:
         """``fn(chunk, state, *args) -> (sums, keep)`` on every chunk: the sums
         added over all chunks (in a fixed order) and a handle per group on what
-        the chunks keep (``states`` of a later call)."""
+        the chunks keep (``states`` of a later call; a tuple of several such
+        handles gives ``fn`` a tuple of states)."""
         args = jax.device_get(args)
-        states = [None] * len(self.groups) if states is None else states
+        several = isinstance(states, tuple)
+        if states is None:
+            states = [None] * len(self.groups)
+        elif several:
+            states = list(zip(*states, strict=True))
         if self.client is None:
             import dask
 
             tasks = [
                 dask.delayed(_group, pure=False)(
-                    fn, args, [self.parts[i] for i in idx], prev
+                    fn, args, [self.parts[i] for i in idx], prev, several
                 )
                 for (_, idx), prev in zip(self.groups, states, strict=True)
             ]
@@ -168,6 +191,7 @@ class Runner:
                     args,
                     [self.parts[i] for i in idx],
                     prev,
+                    several,
                     workers=None if worker is None else [worker],
                     allow_other_workers=True,
                     pure=False,
@@ -277,6 +301,55 @@ def _w_fixed_latents(chunk: Chunk, state):
     return 0, chunk.latents
 
 
+# The variational EM of quadratic outputs: the chunks keep ``(mean, prec, cov)``
+# of their stars' posteriors from pass to pass (``cov`` None with fixed latents).
+@functools.partial(jax.jit, static_argnames=("n_inner",))
+def _vem_posterior(problem, params, mean, prec, n_inner):
+    return vem.InMemoryV(problem).posterior(params, (mean, prec), n_inner)
+
+
+_vem_s_sums = jax.jit(lambda problem, *a: vem.InMemoryV(problem).s_sums(*a))
+_vem_s_values = jax.jit(lambda problem, *a: vem.InMemoryV(problem).s_values(*a))
+_diff_sq = jax.jit(vem.diff_sq)
+_extrapolated_stars = jax.jit(vem.extrapolated_stars)
+
+
+def _w_vem_a(chunk: Chunk, stars, template, params, n_inner: int):
+    """Variational pass A from the chunk's posteriors ``stars`` (the new ones kept)."""
+    problem = _problem(template, chunk)
+    nll, sums, (mean, prec), (_, cov) = _vem_posterior(
+        problem, params, stars[0], stars[1], n_inner=n_inner
+    )
+    return (nll, sums), (mean, prec, cov)
+
+
+def _w_vem_s_sums(chunk: Chunk, stars, template, params, t0):
+    problem = _problem(template, chunk)
+    return _vem_s_sums(problem, params, (stars[0], stars[2]), t0), None
+
+
+def _w_vem_s_values(chunk: Chunk, stars, template, params, cands):
+    problem = _problem(template, chunk)
+    return _vem_s_values(problem, params, (stars[0], stars[2]), cands), None
+
+
+def _w_star_sq(chunk: Chunk, stars):
+    """SQUAREM's ``(|r|², |v|²)`` of the chunk's three successive posteriors."""
+    return _diff_sq(*((mean, prec) for mean, prec, _ in stars)), None
+
+
+def _w_extrapolate(chunk: Chunk, stars, alpha):
+    """SQUAREM's extrapolated posteriors of the chunk's stars (kept)."""
+    mean, prec = _extrapolated_stars(*((m, p) for m, p, _ in stars), alpha)
+    return 0, (mean, prec, None)
+
+
+def _w_vem_fixed(chunk: Chunk, state):
+    """The fixed latents of the chunk's stars, with zero precision (kept)."""
+    z = chunk.latents
+    return 0, (z, jnp.zeros((*z.shape, z.shape[1]), z.dtype), None)
+
+
 # ----------------------------------------------------------------------------------
 # The fit (on the client)
 # ----------------------------------------------------------------------------------
@@ -295,21 +368,13 @@ class _Centred:
         self.means = (sums / np.maximum(counts, 1)).astype(dtype)
         self.n = sum(rows)
         self.n_seen = max(int(n_seen), 1)
-        self.bounds = np.concatenate([[0], np.cumsum(rows)])
 
     def split(self, x: np.ndarray) -> list:
         """Per group of the runner: the rows of ``x`` of each of its chunks
         (padded), as states of the runner."""
-        pad, rows, bounds = max(self.rows), self.rows, self.bounds
         return [
-            (
-                None,
-                [
-                    np.pad(x[bounds[i] : bounds[i + 1]], ((0, pad - rows[i]), (0, 0)))
-                    for i in idx
-                ],
-            )
-            for _, idx in self.runner.groups
+            (None, [part for (part,) in parts])
+            for _, parts in _per_chunk(self.runner, self.rows, (x,), (0,))
         ]
 
     def matmul(self, v):
@@ -333,19 +398,24 @@ def _host(fn: Callable) -> Callable:
     return jax.jit(fn)
 
 
-class DaskPasses:
-    """The passes of `pollux.core.em.sweep_with` over the chunks of a `Runner`
-    (``problem.blocks`` hold no stars: they give the shapes and dtype); the
-    sums come back to the client, which runs the steps between passes."""
+class _ChunkPasses:
+    """What both kinds of passes over the chunks of a `Runner` share: the
+    problem (``problem.blocks`` hold no stars: they give the shapes and dtype),
+    the observed counts and the s floors; the sums come back to the client,
+    which runs the steps between passes (``host``)."""
 
     host = staticmethod(_host)
 
-    def __init__(self, runner: Runner, problem: EMProblem):
+    def __init__(self, runner: Runner, problem: Any):
         self.runner, self.problem = runner, problem
         (counts, floor_sums), _ = runner.run(_w_constants, problem)
         #: Observed values of each output.
         self.observed = tuple(int(c) for c in counts)
         self.floors = _host(em.floors_from_sums)(problem, floor_sums)
+
+
+class DaskPasses(_ChunkPasses):
+    """The passes of `pollux.core.em.sweep_with` over the chunks of a `Runner`."""
 
     def posterior(self, params: tuple):
         """Pass A; the posterior stays on the workers (states of the runner)."""
@@ -377,6 +447,63 @@ class DaskPasses:
             q if spec.A_free else p
             for spec, p, q in zip(self.problem.specs, params, new, strict=True)
         )
+
+
+class DaskVEMPasses(_ChunkPasses):
+    """The passes of `pollux.core.vem.sweep_with` (and of its SQUAREM cycle)
+    over the chunks of a `Runner`; the workers keep their stars' posteriors
+    (``stars``: a handle per group, as `Runner.run` returns them)."""
+
+    def posterior(self, params: tuple, stars: list, n_inner: int):
+        (nll, sums), kept = self.runner.run(
+            _w_vem_a, self.problem, params, n_inner, states=stars
+        )
+        return nll, sums, kept, kept
+
+    def s_sums(self, params: tuple, kept: list, t0: dict):
+        sums, _ = self.runner.run(_w_vem_s_sums, self.problem, params, t0, states=kept)
+        return sums
+
+    def s_values(self, params: tuple, kept: list, cands: dict):
+        values, _ = self.runner.run(
+            _w_vem_s_values, self.problem, params, cands, states=kept
+        )
+        return values
+
+    def star_sq(self, t0: list, t1: list, t2: list):
+        sums, _ = self.runner.run(_w_star_sq, states=(t0, t1, t2))
+        return sums
+
+    def extrapolate(self, t0: list, t1: list, t2: list, alpha) -> list:
+        _, kept = self.runner.run(_w_extrapolate, alpha, states=(t0, t1, t2))
+        return kept
+
+    @staticmethod
+    def select(ok, a: Any, b: Any) -> Any:
+        return a if bool(ok) else b
+
+
+def _per_chunk(runner: Runner, rows: list[int], arrays: tuple, fills: tuple) -> list:
+    """Per group of ``runner``: the rows of each of ``arrays`` that belong to
+    each of its chunks, padded to the largest chunk with ``fills`` (a row), as
+    the states of a later `Runner.run`."""
+    pad, bounds = max(rows), np.concatenate([[0], np.cumsum(rows)])
+
+    def rows_of(x, fill, i):
+        part = x[bounds[i] : bounds[i + 1]]
+        extra = np.broadcast_to(fill, (pad - rows[i], *x.shape[1:]))
+        return np.concatenate([part, extra.astype(x.dtype)])
+
+    return [
+        (
+            None,
+            [
+                tuple(rows_of(x, f, i) for x, f in zip(arrays, fills, strict=True))
+                for i in idx
+            ],
+        )
+        for _, idx in runner.groups
+    ]
 
 
 def chunks_of(
@@ -465,22 +592,20 @@ class Dask(Backend):
     def __init__(self, client: Any = None):
         self.client = client
 
-    def prepare(self, plan, model, data, problem_for) -> Prepared:
+    def _prepare(self, plan, model, data, problem_for, passes_of, k: int) -> Prepared:
+        """The chunks of ``data`` on the runner, the problem of no stars (its
+        kernel chunk size for per-star matrices of size ``k + 1``) and the
+        passes (``passes_of(runner, problem)``) over them."""
         parts, rows = chunks_of(data, plan.names, model, plan.fixed, plan.call)
         runner = Runner(parts, self.client)
         empty = tuple(
             Block(jnp.zeros((0, model.outputs[name].output_size), plan.dtype), None)
             for name in plan.names
         )
-        size = chunk_size_for(
-            plan.chunk_size,
-            max(rows),
-            (b.values.shape[1] for b in empty),
-            plan.k,
-            plan.dtype,
-        )
+        widths = (b.values.shape[1] for b in empty)
+        size = chunk_size_for(plan.chunk_size, max(rows), widths, k, plan.dtype)
         problem, params = problem_for(empty, size, None)
-        passes = DaskPasses(runner, problem)
+        passes = passes_of(runner, problem)
         return Prepared(
             problem=problem,
             params=params,
@@ -488,6 +613,9 @@ class Dask(Backend):
             n_stars=sum(rows),
             state=(passes, rows, LATENTS in plan.fixed, plan.k),
         )
+
+    def prepare(self, plan, model, data, problem_for) -> Prepared:
+        return self._prepare(plan, model, data, problem_for, DaskPasses, plan.k)
 
     def start(self, prepared: Prepared) -> tuple:
         passes, rows, fixed_latents, k = prepared.state
@@ -535,6 +663,63 @@ class Dask(Backend):
                 [np.asarray(c)[:r] for (_, c), r in zip(kept, rows, strict=True)]
             )
         return Final(loss, mean, cov, row_covs)
+
+    def vem_prepare(self, plan, model, data, problem_for) -> Prepared:
+        k = n_features(plan.k) - 1
+        return self._prepare(plan, model, data, problem_for, DaskVEMPasses, k)
+
+    def vem_start(self, prepared: Prepared, params: tuple, mean, cov) -> tuple:
+        """``(params, stars)``: the start posteriors sent to the chunks of their
+        stars (padding stars: the prior, which they keep)."""
+        passes, rows, fixed_latents, k = prepared.state
+        if fixed_latents:
+            _, stars = passes.runner.run(_w_vem_fixed)
+            return params, stars
+        dtype = np.dtype(prepared.problem.blocks[0].values.dtype)
+        prec = inverse_from_cholesky(cholesky(jnp.asarray(cov, dtype)))
+        arrays = (np.asarray(mean, dtype), np.asarray(prec))
+        eye = np.eye(k, dtype=dtype)
+        parts = _per_chunk(passes.runner, rows, arrays, (0, eye))
+        return params, [(None, [(m, p, None) for m, p in kept]) for _, kept in parts]
+
+    def vem_sweeps(
+        self, prepared: Prepared, n_steps: int, n_inner: int, accelerate: bool
+    ) -> Callable:
+        """One iteration per call, run from the client (as `sweeps`)."""
+        passes, _, fixed_latents, _ = prepared.state
+        problem = prepared.problem
+        iteration = (
+            vem.squarem_cycle_with
+            if accelerate and not fixed_latents
+            else vem.sweep_with
+        )
+
+        def step(state):
+            params, stars, loss = iteration(
+                passes, problem, passes.floors, *state, n_inner
+            )
+            return (params, stars), loss
+
+        return lambda state, prev, threshold, left: em.run_until_settled(
+            step, state, prev, threshold, left, 1, traced=False
+        )
+
+    def vem_final(self, prepared: Prepared, state: tuple, n_inner: int) -> tuple:
+        passes, rows, fixed_latents, k = prepared.state
+        params, stars = state
+        stars, loss, row_covs = vem.final_with(
+            passes, prepared.problem, params, stars, n_inner
+        )
+        kept = passes.runner.collect(stars)
+
+        def rows_of(j):
+            return np.concatenate(
+                [np.asarray(st[j][:r]) for st, r in zip(kept, rows, strict=True)]
+            )
+
+        mean = rows_of(0)
+        cov = np.zeros((len(mean), k, k), mean.dtype) if fixed_latents else rows_of(2)
+        return params, Final(loss, mean, cov, row_covs)
 
     def stats(self, prepared: Prepared) -> dict[str, Any]:
         runner = prepared.state[0].runner

@@ -32,6 +32,8 @@ from ..._params import LATENTS
 from ...core import em, posterior, vem
 from ...core.blocks import count_observed
 from ...core.chunks import pad_rows
+from ...core.features import n_features
+from ...core.linalg import cholesky, inverse_from_cholesky
 from ...core.pca import pca_latents
 from ...core.problem import EMProblem
 from .._setup import on_device
@@ -197,13 +199,11 @@ class Local(Backend):
     def _initialize(self, problem, params, latents):
         return em.initialize(problem, params, latents)
 
-    def vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
-        """`pollux.core.vem.vem_chunk` on the stars of this back-end."""
+    def _vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
         args = (prev, threshold, left, n_steps, n_inner, acc)
         return vem.vem_chunk(problem, state, *args)
 
-    def vem_final(self, problem, state, n_inner):
-        """`pollux.core.vem.vem_final` on the stars of this back-end."""
+    def _vem_final(self, problem, state, n_inner):
         return vem.vem_final(problem, state, n_inner)
 
     def _posterior_moments(self, blocks, Ws, bs, s2s, chunk_size):
@@ -290,6 +290,52 @@ class Local(Backend):
             out[name] = (mu[:n], err[:n])
         return out
 
+    # The variational EM of quadratic outputs (`pollux.core.vem`).
+    def vem_prepare(self, plan, model, data, problem_for) -> Prepared:
+        blocks, n, n_pad, size = self.blocks(plan, model, data, n_features(plan.k) - 1)
+        dtype = blocks[0].values.dtype
+        z_fixed = plan.fixed.get(LATENTS)
+        if z_fixed is not None:
+            z_fixed = self.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
+        problem, params = problem_for(self.place(blocks), size, z_fixed)
+        return Prepared(
+            problem=self.for_devices(problem),
+            params=params,
+            observed=tuple(int(count_observed((b,))) for b in blocks),
+            n_stars=n,
+            state=n_pad,
+        )
+
+    def vem_start(self, prepared: Prepared, params: tuple, mean, cov) -> vem.VState:
+        problem, n, n_pad = prepared.problem, prepared.n_stars, prepared.state
+        k, dtype = problem.k, problem.blocks[0].values.dtype
+        if problem.fixed_latents is not None:
+            prec = self.place(jnp.zeros((n_pad, k, k), dtype))
+            return vem.VState(params, problem.fixed_latents, prec)
+        prec = inverse_from_cholesky(cholesky(jnp.asarray(cov, dtype)))
+        # padding stars: the prior, which they keep (they have no data)
+        eye = jnp.broadcast_to(jnp.eye(k, dtype=dtype), (n_pad - n, k, k))
+        mean = pad_rows(jnp.asarray(mean, dtype), n_pad, 0.0)
+        return vem.VState(params, *self.place((mean, jnp.concatenate([prec, eye]))))
+
+    def vem_sweeps(
+        self, prepared: Prepared, n_steps: int, n_inner: int, accelerate: bool
+    ) -> Callable:
+        problem = prepared.problem
+        return lambda state, prev, threshold, left: self._vem_chunk(
+            problem, state, prev, threshold, left, n_steps, n_inner, accelerate
+        )
+
+    def vem_final(self, prepared: Prepared, state: vem.VState, n_inner: int):
+        problem, n = prepared.problem, prepared.n_stars
+        state, loss, row_covs = self._vem_final(problem, state, n_inner)
+        mean = state.mean[:n]
+        if problem.fixed_latents is not None:
+            cov = jnp.zeros((n, problem.k, problem.k), mean.dtype)
+        else:
+            cov = inverse_from_cholesky(cholesky(state.prec[:n]))
+        return state.params, Final(loss, mean, cov, row_covs)
+
 
 class Sharded(Local):
     """The stars split over the devices of ``mesh``: the same kernels under
@@ -324,7 +370,7 @@ class Sharded(Local):
         blocks, fixed, rest = _split(problem)
         return _initialize(self.mesh)(blocks, fixed, rest, params, latents)
 
-    def vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
+    def _vem_chunk(self, problem, state, prev, threshold, left, n_steps, n_inner, acc):
         blocks, fixed, rest = _split(problem)
         fn = _vem_chunk(self.mesh, n_steps, n_inner, acc)
         params, mean, prec, *out = fn(
@@ -332,7 +378,7 @@ class Sharded(Local):
         )
         return (vem.VState(params, mean, prec), *out)
 
-    def vem_final(self, problem, state, n_inner):
+    def _vem_final(self, problem, state, n_inner):
         blocks, fixed, rest = _split(problem)
         mean, prec, loss, row_covs = _vem_final(self.mesh, n_inner)(
             blocks, fixed, rest, *state
