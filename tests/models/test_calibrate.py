@@ -26,7 +26,10 @@ import pytest  # noqa: E402
 
 import pollux as plx  # noqa: E402
 from pollux.fit import _calibrate  # noqa: E402
-from pollux.fit._calibrate import max_likelihood_scatter  # noqa: E402
+from pollux.fit._calibrate import (  # noqa: E402
+    max_likelihood_scatter,
+    supported_scatter,
+)
 from pollux.fit.heldout import HeldOutPredictions  # noqa: E402
 from pollux.models.transforms import LinearTransform  # noqa: E402
 
@@ -138,8 +141,12 @@ def test_calibration_record():
     assert rec["n_stars"] == N_TRAIN
     np.testing.assert_allclose(rec["s_fit"], np.asarray(result.params["label"]["s"]))
     np.testing.assert_allclose(rec["s"], np.asarray(cal.params["label"]["s"]))
-    for key in ("s", "s_fit", "s2_se", "z_std_before", "z_std_after"):
+    keys = ("s", "s_fit", "s_ml", "s_lo", "s_hi", "s2_se", "z_std_before")
+    for key in (*keys, "z_std_after"):
         assert isinstance(rec[key], tuple) and len(rec[key]) == D_LABEL, key
+    assert rec["support"] == 1.0
+    lo, s, hi = (np.asarray(rec[k]) for k in ("s_lo", "s", "s_hi"))
+    assert np.all((lo <= s) & (s <= hi)) and np.all(lo <= np.asarray(rec["s_ml"]))
 
 
 # ----------------------------------------------------------------------------------
@@ -271,6 +278,10 @@ def no_fit(monkeypatch):
         ({"seed": -1}, ValueError, r"seed=..."),
         ({"seed": 0.5}, TypeError, r"seed=..."),
         ({"progress": "yes"}, TypeError, r"progress=..."),
+        ({"support": -1.0}, ValueError, r"support=...\).*≥ 0"),
+        ({"support": np.inf}, ValueError, r"support=...\).*finite"),
+        ({"support": "1"}, TypeError, r"support=...\).*standard errors"),
+        ({"support": True}, TypeError, r"support=..."),
     ],
 )
 def test_bad_arguments(no_fit, kwargs, error, match):
@@ -384,4 +395,91 @@ def test_same_folds_as_held_out_predictions():
     s, _, _ = max_likelihood_scatter(
         np.where(mask, r, 0) ** 2, var, mask, np.zeros(D_LABEL), False
     )
-    np.testing.assert_allclose(np.asarray(s), rec["s"], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(s), rec["s_ml"], rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------------
+# The supported interval: the fitted s moves only as far as the held-out data demand
+# ----------------------------------------------------------------------------------
+def _replicas(t_true: float, n: int = 300, d: int = 400, seed: int = 5):
+    """``d`` independent held-out experiments (the dimensions of a vector ``s``):
+    residuals of ``n`` stars with variance ``v + t_true``, where the reported
+    variance ``v`` (label errors) is larger than ``t_true`` — ``t`` is poorly
+    measured, as for survey labels."""
+    rng = np.random.default_rng(seed)
+    var = rng.uniform(0.5, 2.0, size=(n, d))
+    r = rng.normal(size=(n, d)) * np.sqrt(var + t_true)
+    mask = np.ones((n, d), bool)
+    return r**2, var, mask
+
+
+def _supported(r2, var, mask, t_fit, support=1.0):
+    d = r2.shape[1]
+    s_ml, se, _ = max_likelihood_scatter(r2, var, mask, np.zeros(d), False)
+    t_ml = np.square(np.asarray(s_ml))
+    t, lo, hi = supported_scatter(
+        r2, var, mask, t_ml, np.asarray(se), np.full(d, t_fit), support, False
+    )
+    return t_ml, np.asarray(se), *(np.asarray(x) for x in (t, lo, hi))
+
+
+def _loglike(r2, var, t):
+    return -0.5 * np.sum(np.log(var + t) + r2 / (var + t), axis=0)
+
+
+def test_supported_interval_is_where_the_likelihood_drops_by_half():
+    r2, var, mask = _replicas(0.3)
+    t_ml, _, _, lo, hi = _supported(r2, var, mask, 0.0)
+    top = _loglike(r2, var, t_ml)
+    for end in (lo, hi):
+        drop = top - _loglike(r2, var, end)
+        inner = lo > 0 if end is lo else np.ones_like(lo, bool)
+        # the ends are found by bisection to below float64 resolution
+        np.testing.assert_allclose(drop[inner], 0.5, atol=1e-6)
+    # ℓ is nearly quadratic here: the ends are about one Fisher error away
+    assert np.all(lo <= t_ml) and np.all(t_ml <= hi)
+
+
+def test_errors_already_right_are_kept_unless_the_data_reject_them():
+    t_true = 0.3
+    r2, var, mask = _replicas(t_true)
+    t_ml, _, t, lo, hi = _supported(r2, var, mask, t_true)
+    kept = t == t_true
+    # t_true lies in the ±1 se interval in ~68% of the experiments (binomial
+    # band: ±3 standard deviations of a fraction of 400).
+    assert abs(kept.mean() - 0.683) < 3 * np.sqrt(0.683 * 0.317 / kept.size)
+    # Elsewhere it moves to the nearer end, never past the maximum-likelihood
+    # value: the calibrated t is always at least as close to the truth.
+    assert np.all(np.abs(t - t_true) <= np.abs(t_ml - t_true) + 1e-12)
+    assert np.mean(np.abs(t - t_true)) < 0.5 * np.mean(np.abs(t_ml - t_true))
+    assert np.all(np.isclose(t, lo) | np.isclose(t, hi) | kept)
+
+
+@pytest.mark.parametrize("t_fit", [0.0, 1.2], ids=["too small", "too large"])
+def test_wrong_errors_move_to_the_interval_that_covers_the_truth(t_fit):
+    t_true = 0.3
+    r2, var, mask = _replicas(t_true, n=3000, d=200)
+    t_ml, se, t, lo, hi = _supported(r2, var, mask, t_fit)
+    # The data reject the wrong t_fit (here by ≳ 5 se): t moves to the end of
+    # the interval nearer to it, about one standard error from t_ml.
+    assert np.all(np.abs(t_fit - t_ml) > 4 * se)
+    np.testing.assert_array_equal(t, lo if t_fit < t_true else hi)
+    np.testing.assert_allclose(np.abs(t - t_ml) / se, 1.0, atol=0.1)
+    # The interval is the calibration's own uncertainty: it covers the true t
+    # in ~68% of the experiments.
+    covered = (lo <= t_true) & (t_true <= hi)
+    assert abs(covered.mean() - 0.683) < 3 * np.sqrt(0.683 * 0.317 / covered.size)
+
+
+def test_a_calibrated_fit_is_kept_and_support_zero_is_the_likelihood_maximum():
+    model, result, _ = _fitted()
+    train = _data()[0]
+    ml = model.calibrate(train, result, folds=FOLDS, progress=False, support=0.0)
+    rec = ml.calibration["label"]
+    np.testing.assert_allclose(rec["s"], rec["s_ml"], rtol=1e-6)
+    # Errors already right (s at the held-out maximum): calibrating keeps them.
+    again = model.calibrate(train, ml, folds=FOLDS, progress=False)
+    np.testing.assert_array_equal(
+        again.params["label"]["s"], np.asarray(ml.params["label"]["s"])
+    )
+    assert again.calibration["label"]["z_std_after"] == rec["z_std_after"]

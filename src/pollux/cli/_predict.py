@@ -441,6 +441,13 @@ def info(model_path: Path) -> int:
             f" held-out z std {_fmt(record['z_std_before'])} -> "
             f"{_fmt(record['z_std_after'])}"
         )
+        if "s_lo" in record:  # (model files before the supported interval lack it)
+            print(
+                f"    s {_fmt(record['s_fit'], '.3g')} -> {_fmt(record['s'], '.3g')}"
+                f"; held-out data support {_fmt(record['s_lo'], '.3g')} .. "
+                f"{_fmt(record['s_hi'], '.3g')} (±{record['support']:g} se; "
+                f"max. likelihood {_fmt(record['s_ml'], '.3g')})"
+            )
     for name, rng in trained.ranges.items():
         cols = trained.columns.get(name)
         if cols:
@@ -452,6 +459,6 @@ def info(model_path: Path) -> int:
     return 0
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, spec: str = ".2f") -> str:
     values = np.atleast_1d(np.asarray(value, dtype=float))
-    return "[" + ", ".join(f"{v:.2f}" for v in values) + "]"
+    return "[" + ", ".join(f"{v:{spec}}" for v in values) + "]"

@@ -53,7 +53,7 @@ from .heldout import (
 if TYPE_CHECKING:
     from ._protocol import Model
 
-__all__ = ["calibrate", "max_likelihood_scatter"]
+__all__ = ["calibrate", "max_likelihood_scatter", "supported_scatter"]
 
 _MAX_SWEEPS = 2000  # s-steps; Newton converges in a handful, the EM fallback slower
 
@@ -113,6 +113,69 @@ def max_likelihood_scatter(
     return s, se, n_steps
 
 
+_BISECTIONS = 64  # halvings of a bracket of t = s²: far below float64's resolution
+
+
+@partial(jax.jit, static_argnames=("scalar",))
+def supported_scatter(
+    resid2: jax.Array,
+    var: jax.Array,
+    mask: jax.Array,
+    t_ml: jax.Array,
+    t_se: jax.Array,
+    t_fit: jax.Array,
+    support: float,
+    scalar: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""The interval of ``t = s²`` that the held-out data support, and the point of
+    it nearest ``t_fit``.
+
+    With :math:`\ell(t) = -	frac12 \sum_n m_n [\log(v_n + t) + r_n^2/(v_n + t)]`
+    and its maximum at ``t_ml`` (`max_likelihood_scatter`), the interval is
+    :math:`\{t \ge 0 : \ell(t) \ge \ell(t_{ml}) - 	frac12\,\mathrm{support}^2\}`
+    (``support = 1``: about ±1 standard error of ``t``). ``t_se`` is the Fisher
+    standard error of ``t_ml`` (it sets the bracket of the upper end). Returns
+    ``(t, lo, hi)``: ``t = t_fit`` where it lies inside, else the end nearer to it.
+
+    >>> import numpy as np
+    >>> r = np.random.default_rng(0).normal(0.0, np.sqrt(0.5), size=(20000, 1))
+    >>> args = (r**2, np.full_like(r, 0.25), np.ones(r.shape, bool))
+    >>> t_ml, se = np.array([0.25]), np.array([0.005])
+    >>> t, lo, hi = supported_scatter(*args, t_ml, se, np.array([0.0]), 1.0, False)
+    >>> bool(lo[0] < 0.25 < hi[0]) and float(t[0]) == float(lo[0])
+    True
+    """
+    dtype = jnp.result_type(resid2, var, float)
+    e = jnp.where(mask, jnp.asarray(resid2, dtype), 0.0)
+    v = jnp.where(mask, jnp.asarray(var, dtype), 1.0)
+    m = mask.astype(dtype)
+    reduce = jnp.sum if scalar else partial(jnp.sum, axis=0)
+    t_ml, t_se, t_fit = (jnp.asarray(x, dtype) for x in (t_ml, t_se, t_fit))
+
+    def drop(t):  # ℓ(t_ml) - ℓ(t), summed star by star for precision
+        a, b = v + t, v + t_ml
+        return 0.5 * reduce(m * (jnp.log(a / b) + e * (1 / a - 1 / b)))
+
+    limit = 0.5 * jnp.asarray(support, dtype) ** 2
+
+    def crossing(inside, outside):  # where drop = limit between the two
+        def halve(_, ends):
+            a, b = ends
+            mid = 0.5 * (a + b)
+            within = drop(mid) <= limit
+            return jnp.where(within, mid, a), jnp.where(within, b, mid)
+
+        return jax.lax.fori_loop(0, _BISECTIONS, halve, (inside, outside))[0]
+
+    zero = jnp.zeros_like(t_ml)
+    lo = jnp.where(drop(zero) <= limit, zero, crossing(t_ml, zero))
+    # ℓ is about quadratic near t_ml: the drop there is about 2 (1 + support)²
+    top = t_ml + 2 * (1 + jnp.asarray(support, dtype)) * t_se
+    hi = jnp.where(drop(top) <= limit, top, crossing(t_ml, top))
+    t = jnp.clip(t_fit, lo, hi)
+    return t, lo, hi
+
+
 def _plain(x: Any) -> float | tuple[float, ...]:
     """A float (scalar) or a tuple of floats: hashable, comparable, immutable."""
     arr = np.asarray(x, dtype=float)
@@ -120,33 +183,61 @@ def _plain(x: Any) -> float | tuple[float, ...]:
 
 
 def _calibrate_output(
-    held: HeldOutPredictions, name: str, s_old: Any
+    held: HeldOutPredictions, name: str, s_old: Any, support: float = 1.0
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """New ``s`` of one predicted output and its calibration record."""
+    """New ``s`` of one predicted output and its calibration record: the
+    maximum-likelihood ``s`` of the held-out predictions, the interval of ``s``
+    they support (`supported_scatter`), and the point of it nearest the old
+    ``s`` (the old ``s`` itself where the data cannot reject it)."""
     s_old = np.asarray(s_old, dtype=float)
     scalar = s_old.ndim == 0
     resid = held.residuals(name)
     mask = ~np.isnan(resid)
     var = held.var_model[name] + held.observed_err[name] ** 2
-    s_new, se, _ = max_likelihood_scatter(
-        np.where(mask, resid, 0.0) ** 2, var, mask, s_old, scalar
+    resid2 = np.where(mask, resid, 0.0) ** 2
+    s_ml, se, _ = max_likelihood_scatter(resid2, var, mask, s_old, scalar)
+    t_ml = np.square(np.asarray(s_ml, dtype=float))
+    se = np.asarray(se, dtype=float)
+    seen = mask.any(axis=0) if not scalar else np.asarray(mask.any())
+    # (dimensions never observed in a held-out star keep their s)
+    t, lo, hi = supported_scatter(
+        resid2, var, mask, t_ml, np.where(seen, se, 0.0), s_old**2, support, scalar
     )
-    s_new, se = np.asarray(s_new, dtype=float), np.asarray(se, dtype=float)
-    if not scalar:  # dimensions never observed in a held-out star keep their s
-        seen = mask.any(axis=0)
-        s_new = np.where(seen, s_new, s_old)
-        se = np.where(seen, se, np.inf)
-    elif not mask.any():
-        s_new, se = s_old, np.asarray(np.inf)
+    t, lo, hi = (np.asarray(x, dtype=float) for x in (t, lo, hi))
+    s_new = np.where(seen, np.sqrt(t), s_old)
+    s_ml = np.where(seen, np.sqrt(t_ml), s_old)
+    interval = np.where(seen, np.sqrt(lo), 0.0), np.where(seen, np.sqrt(hi), np.inf)
     record = {
         "s_fit": _plain(s_old),
         "s": _plain(s_new),
-        "s2_se": _plain(se),
+        "s_ml": _plain(s_ml),
+        "s_lo": _plain(interval[0]),
+        "s_hi": _plain(interval[1]),
+        "support": float(support),
+        "s2_se": _plain(np.where(seen, se, np.inf)),
         "n_stars": int(mask.any(axis=1).sum()),
         "z_std_before": _plain(held.z_std(name, s_old)),
         "z_std_after": _plain(held.z_std(name, s_new)),
     }
     return s_new, record
+
+
+def _check_support(support: Any, call: str) -> float:
+    if isinstance(support, (bool, np.bool_)) or not isinstance(
+        support, (int, float, np.integer, np.floating)
+    ):
+        msg = (
+            f"{call}(support=...): expected a number of standard errors (e.g. "
+            f"1.0; 0 for the maximum-likelihood s), got {type(support).__name__}"
+        )
+        raise TypeError(msg)
+    if not (np.isfinite(support) and support >= 0):
+        msg = (
+            f"{call}(support=...): expected a finite number ≥ 0 of standard "
+            f"errors, got {support!r}"
+        )
+        raise ValueError(msg)
+    return float(support)
 
 
 def calibrate(
@@ -158,6 +249,7 @@ def calibrate(
     folds: Any,
     seed: Any,
     progress: bool,
+    support: Any = 1.0,
 ) -> FitResult:
     call = "LuxModel.calibrate"
     data = check_data(data, call)
@@ -218,6 +310,7 @@ def calibrate(
     if not isinstance(progress, bool):
         msg = f"{call}(progress=...): expected True or False, got {progress!r}"
         raise TypeError(msg)
+    support = _check_support(support, call)
 
     held = held_out(
         lambda: model,
@@ -236,7 +329,7 @@ def calibrate(
     record = dict(result.calibration)
     for name in targets:
         s_old = result.params[name][SCATTER]
-        s_new, entry = _calibrate_output(held, name, s_old)
+        s_new, entry = _calibrate_output(held, name, s_old, support)
         new_params[name][SCATTER] = jnp.asarray(s_new, dtype=jnp.asarray(s_old).dtype)
         record[name] = {**entry, "given": given, "folds": folds, "seed": seed}
     return dataclasses.replace(result, params=new_params, calibration=record)

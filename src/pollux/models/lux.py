@@ -364,6 +364,7 @@ class LuxModel:
         folds: int = 5,
         seed: int = 0,
         progress: bool = True,
+        support: float = 1.0,
     ) -> FitResult:
         """Re-estimate the extra scatter ``s`` of the predicted outputs from held-out,
         ``given``-only predictions (k-fold cross-validation on the training set).
@@ -380,10 +381,15 @@ class LuxModel:
         start, which would leak the held-out labels), the held-out stars' latents
         are inferred from the ``given`` outputs alone, and the other outputs are
         predicted (with ``param_cov``, without ``s``: predictive variance
-        ``v_model``). For each predicted output the new ``s ≥ 0`` maximises
-        ``Σ log N(pred − observed; 0, v_model + err² + s²)`` over all held-out
-        stars and observed values: one value per dimension if the output's ``s``
-        is a vector, one value if it is a scalar.
+        ``v_model``). For each predicted output the held-out log likelihood
+        ``ℓ(s) = Σ log N(pred − observed; 0, v_model + err² + s²)`` over all
+        held-out stars and observed values is maximised at ``s_ml`` (one value
+        per dimension if the output's ``s`` is a vector, one value if it is a
+        scalar). Held-out labels with large errors measure ``s`` poorly, so the
+        new ``s`` is the fitted one moved only as far as the data demand: the
+        point nearest to it of the interval ``ℓ(s) ≥ ℓ(s_ml) − support²/2``
+        (about ±``support`` standard errors of ``s²``), i.e. the fitted ``s``
+        itself when the held-out data cannot reject it.
 
         Parameters
         ----------
@@ -403,14 +409,19 @@ class LuxModel:
             Seed of the permutation that splits the stars.
         progress
             Show a progress bar over the folds.
+        support
+            Half-width of the supported interval in standard errors (default
+            1.0); 0 gives the maximum-likelihood ``s_ml``.
 
         Returns
         -------
         FitResult
             ``result`` with only ``params[target]["s"]`` replaced by the calibrated
             values (``result`` itself is unchanged) and ``calibration[target]``
-            recording ``s_fit`` (the old ``s``), ``s`` (the new one), ``s2_se``
-            (Fisher standard error of ``s²``), ``given``, ``folds``, ``seed``,
+            recording ``s_fit`` (the old ``s``), ``s`` (the new one), ``s_ml``,
+            the supported interval ``s_lo`` … ``s_hi`` and its ``support``,
+            ``s2_se`` (Fisher standard error of ``s²`` at ``s_ml``: the
+            calibration's own precision), ``given``, ``folds``, ``seed``,
             ``n_stars`` (held-out stars with observed values) and
             ``z_std_before`` / ``z_std_after`` (spread of the held-out z-scores,
             against the observed values with their errors in quadrature, with the
@@ -447,5 +458,12 @@ class LuxModel:
         ((2,), ['label'])
         """
         return calibrate(
-            self, data, result, given=given, folds=folds, seed=seed, progress=progress
+            self,
+            data,
+            result,
+            given=given,
+            folds=folds,
+            seed=seed,
+            progress=progress,
+            support=support,
         )
