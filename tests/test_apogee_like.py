@@ -14,8 +14,10 @@ from pollux.datasets import (
     APOGEE_FILES,
     APOGEE_LABEL_NAMES,
     _emulate,
+    _emulator_jacobian,
     _load_apogee,
     apogee_like,
+    apogee_like_bound,
 )
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "apogee"
@@ -268,3 +270,67 @@ def test_data_dir_override_and_missing_files(tmp_path, monkeypatch):
     # data_dir wins over the environment variable
     obs_env, _ = apogee_like(4, seed=5, data_dir=APOGEE_DATA_DIR)
     np.testing.assert_array_equal(obs_env["flux"], obs_default["flux"])
+
+
+# ----------------------------------------------------------------------------------
+# The Cramér–Rao bound: the emulator's Jacobian and the noise recipe
+# ----------------------------------------------------------------------------------
+def _forward64(emulator, labels):
+    """The emulator in float64, written out (the slow, obvious reference)."""
+    x = (labels - emulator["x_min"]) / (emulator["x_max"] - emulator["x_min"]) - 0.5
+    u = np.einsum("phk,nk->nph", emulator["w_array_0"], x) + emulator["b_array_0"]
+    hidden = 1 / (1 + np.exp(-u))
+    return (
+        np.einsum("nph,ph->np", hidden, emulator["w_array_1"]) + emulator["b_array_1"]
+    )
+
+
+def test_bound_jacobian_against_central_differences(sample, emulator):
+    _, truth = sample
+    labels = np.column_stack([truth["label"], truth["vmacro"]])[:3]
+    jac = _emulator_jacobian(emulator, labels)
+    step = 1e-4 * (emulator["x_max"] - emulator["x_min"])
+    for k in range(5):
+        dx = np.zeros(5)
+        dx[k] = step[k]
+        fd = (_forward64(emulator, labels + dx) - _forward64(emulator, labels - dx)) / (
+            2 * step[k]
+        )
+        # central differences err by O(step²) times the third derivative: far
+        # below 1e-6 of the scale here
+        scale = np.abs(fd).max()
+        np.testing.assert_allclose(jac[:, :, k], fd, atol=1e-6 * scale)
+
+
+def _fisher(jac, var):
+    good = np.isfinite(var)  # bad pixels carry no information
+    J = jac[good]
+    return J.T @ np.diag(1 / var[good]) @ J
+
+
+def test_bound_is_the_inverse_fisher_matrix_of_the_noise_recipe(sample, emulator):
+    obs, truth = sample
+    rows = slice(0, 4)
+    part = {key: truth[key][rows] for key in ("label", "vmacro")}
+    part.update({k: truth[k] for k in ("unreported_pixels", "unreported_sigma")})
+    bound = apogee_like_bound(part, obs["flux_err"][rows])
+    labels = np.column_stack([part["label"], part["vmacro"]])
+    jac = _emulator_jacobian(emulator, labels)
+    for i in range(4):
+        var = obs["flux_err"][i] ** 2
+        var[truth["unreported_pixels"]] += truth["unreported_sigma"] ** 2
+        fisher = _fisher(jac[i], var)  # dense, v_macro included
+        np.testing.assert_allclose(
+            bound[i], np.sqrt(np.diag(np.linalg.inv(fisher))[:4]), rtol=1e-8
+        )
+        # v_macro marginalised: never below the bound with v_macro known
+        known = np.sqrt(np.diag(np.linalg.inv(fisher[:4, :4])))
+        assert np.all(bound[i] >= known * (1 - 1e-12))
+    # the bound falls with SNR: higher-SNR stars are bounded tighter
+    all_bound = apogee_like_bound(truth, obs["flux_err"])
+    snr = truth["snr"]
+    assert np.all(
+        np.median(all_bound[snr > 150], axis=0) < np.median(all_bound[snr < 60], axis=0)
+    )
+    with pytest.raises(ValueError, match=r"apogee_like_bound\(flux_err=...\)"):
+        apogee_like_bound(truth, obs["flux_err"][:3])
