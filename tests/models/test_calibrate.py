@@ -144,7 +144,7 @@ def test_calibration_record():
     keys = ("s", "s_fit", "s_ml", "s_lo", "s_hi", "s2_se", "z_std_before")
     for key in (*keys, "z_std_after"):
         assert isinstance(rec[key], tuple) and len(rec[key]) == D_LABEL, key
-    assert rec["support"] == 1.0
+    assert rec["support"] == 0.0
     lo, s, hi = (np.asarray(rec[k]) for k in ("s_lo", "s", "s_hi"))
     assert np.all((lo <= s) & (s <= hi)) and np.all(lo <= np.asarray(rec["s_ml"]))
 
@@ -478,7 +478,7 @@ def test_a_calibrated_fit_is_kept_and_support_zero_is_the_likelihood_maximum():
     rec = ml.calibration["label"]
     np.testing.assert_allclose(rec["s"], rec["s_ml"], rtol=1e-6)
     # Errors already right (s at the held-out maximum): calibrating keeps them.
-    again = model.calibrate(train, ml, folds=FOLDS, progress=False)
+    again = model.calibrate(train, ml, folds=FOLDS, progress=False, support=1.0)
     np.testing.assert_array_equal(
         again.params["label"]["s"], np.asarray(ml.params["label"]["s"])
     )

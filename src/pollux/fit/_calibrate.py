@@ -183,7 +183,7 @@ def _plain(x: Any) -> float | tuple[float, ...]:
 
 
 def _calibrate_output(
-    held: HeldOutPredictions, name: str, s_old: Any, support: float = 1.0
+    held: HeldOutPredictions, name: str, s_old: Any, support: float = 0.0
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """New ``s`` of one predicted output and its calibration record: the
     maximum-likelihood ``s`` of the held-out predictions, the interval of ``s``
@@ -249,7 +249,7 @@ def calibrate(
     folds: Any,
     seed: Any,
     progress: bool,
-    support: Any = 1.0,
+    support: Any = 0.0,
 ) -> FitResult:
     call = "LuxModel.calibrate"
     data = check_data(data, call)

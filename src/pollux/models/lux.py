@@ -364,7 +364,7 @@ class LuxModel:
         folds: int = 5,
         seed: int = 0,
         progress: bool = True,
-        support: float = 1.0,
+        support: float = 0.0,
     ) -> FitResult:
         """Re-estimate the extra scatter ``s`` of the predicted outputs from held-out,
         ``given``-only predictions (k-fold cross-validation on the training set).
@@ -385,11 +385,14 @@ class LuxModel:
         ``ℓ(s) = Σ log N(pred − observed; 0, v_model + err² + s²)`` over all
         held-out stars and observed values is maximised at ``s_ml`` (one value
         per dimension if the output's ``s`` is a vector, one value if it is a
-        scalar). Held-out labels with large errors measure ``s`` poorly, so the
-        new ``s`` is the fitted one moved only as far as the data demand: the
-        point nearest to it of the interval ``ℓ(s) ≥ ℓ(s_ml) − support²/2``
+        scalar), and the new ``s`` is ``s_ml``. With ``support > 0`` the new
+        ``s`` is instead the fitted one moved only as far as the data demand:
+        the point nearest to it of the interval ``ℓ(s) ≥ ℓ(s_ml) − support²/2``
         (about ±``support`` standard errors of ``s²``), i.e. the fitted ``s``
-        itself when the held-out data cannot reject it.
+        itself when the held-out data cannot reject it. That suits a fitted
+        ``s`` believed right; the jointly learned ``s`` is usually too small
+        for flux-only predictions, and stopping at the interval's end then
+        leaves the errors too small where ``s`` is poorly measured.
 
         Parameters
         ----------
@@ -410,8 +413,8 @@ class LuxModel:
         progress
             Show a progress bar over the folds.
         support
-            Half-width of the supported interval in standard errors (default
-            1.0); 0 gives the maximum-likelihood ``s_ml``.
+            Half-width of the supported interval in standard errors; 0 (the
+            default) gives the maximum-likelihood ``s_ml``.
 
         Returns
         -------
