@@ -435,24 +435,23 @@ def squarem_cycle_with(
     return new_params, new_stars, loss0
 
 
-def _sweep(
-    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
-) -> tuple[VState, Array]:
-    """One sweep over the blocks of ``problem`` (`sweep_with`)."""
-    params, stars, loss = sweep_with(
-        InMemoryV(problem), problem, floors, state.params, state[1:], n_inner
-    )
-    return VState(params, *stars), loss
+def _in_memory(iteration: Any) -> Any:
+    """``iteration`` (`sweep_with` or `squarem_cycle_with`) over the blocks of a
+    problem, on a `VState`."""
+
+    def run(
+        problem: VEMProblem, floors: tuple, state: VState, n_inner: int
+    ) -> tuple[VState, Array]:
+        params, stars, loss = iteration(
+            InMemoryV(problem), problem, floors, state.params, state[1:], n_inner
+        )
+        return VState(params, *stars), loss
+
+    return run
 
 
-def _squarem_cycle(
-    problem: VEMProblem, floors: tuple, state: VState, n_inner: int
-) -> tuple[VState, Array]:
-    """One SQUAREM cycle over the blocks of ``problem`` (`squarem_cycle_with`)."""
-    params, stars, loss = squarem_cycle_with(
-        InMemoryV(problem), problem, floors, state.params, state[1:], n_inner
-    )
-    return VState(params, *stars), loss
+_sweep = _in_memory(sweep_with)
+_squarem_cycle = _in_memory(squarem_cycle_with)
 
 
 @partial(jax.jit, static_argnames=("n_steps", "n_inner", "accelerate"))

@@ -405,6 +405,9 @@ class _ChunkPasses:
     which runs the steps between passes (``host``)."""
 
     host = staticmethod(_host)
+    #: The workers' passes B and C (the s-step's sums and values).
+    s_sum_pass: Callable
+    s_value_pass: Callable
 
     def __init__(self, runner: Runner, problem: Any):
         self.runner, self.problem = runner, problem
@@ -413,24 +416,29 @@ class _ChunkPasses:
         self.observed = tuple(int(c) for c in counts)
         self.floors = _host(em.floors_from_sums)(problem, floor_sums)
 
+    def s_sums(self, params: tuple, kept: list, t0: dict):
+        sums, _ = self.runner.run(
+            self.s_sum_pass, self.problem, params, t0, states=kept
+        )
+        return sums
+
+    def s_values(self, params: tuple, kept: list, cands: dict):
+        values, _ = self.runner.run(
+            self.s_value_pass, self.problem, params, cands, states=kept
+        )
+        return values
+
 
 class DaskPasses(_ChunkPasses):
     """The passes of `pollux.core.em.sweep_with` over the chunks of a `Runner`."""
+
+    s_sum_pass = staticmethod(_w_s_sums)
+    s_value_pass = staticmethod(_w_s_values)
 
     def posterior(self, params: tuple):
         """Pass A; the posterior stays on the workers (states of the runner)."""
         (nll, stats), states = self.runner.run(_w_pass_a, self.problem, params)
         return nll, stats, states
-
-    def s_sums(self, params: tuple, kept: list, t0: dict):
-        sums, _ = self.runner.run(_w_s_sums, self.problem, params, t0, states=kept)
-        return sums
-
-    def s_values(self, params: tuple, kept: list, cands: dict):
-        values, _ = self.runner.run(
-            _w_s_values, self.problem, params, cands, states=kept
-        )
-        return values
 
     def sweep(self, params: tuple):
         """One EM sweep, as the compiled one (`pollux.core.em.sweep_with`)."""
@@ -454,21 +462,14 @@ class DaskVEMPasses(_ChunkPasses):
     over the chunks of a `Runner`; the workers keep their stars' posteriors
     (``stars``: a handle per group, as `Runner.run` returns them)."""
 
+    s_sum_pass = staticmethod(_w_vem_s_sums)
+    s_value_pass = staticmethod(_w_vem_s_values)
+
     def posterior(self, params: tuple, stars: list, n_inner: int):
         (nll, sums), kept = self.runner.run(
             _w_vem_a, self.problem, params, n_inner, states=stars
         )
         return nll, sums, kept, kept
-
-    def s_sums(self, params: tuple, kept: list, t0: dict):
-        sums, _ = self.runner.run(_w_vem_s_sums, self.problem, params, t0, states=kept)
-        return sums
-
-    def s_values(self, params: tuple, kept: list, cands: dict):
-        values, _ = self.runner.run(
-            _w_vem_s_values, self.problem, params, cands, states=kept
-        )
-        return values
 
     def star_sq(self, t0: list, t1: list, t2: list):
         sums, _ = self.runner.run(_w_star_sq, states=(t0, t1, t2))

@@ -227,8 +227,11 @@ class Local(Backend):
         size = chunk_size_for(plan.chunk_size, n_local, widths, k, dtype)
         return blocks, n, n_pad, size
 
-    def prepare(self, plan, model, data, problem_for) -> Prepared:
-        blocks, n, n_pad, size = self.blocks(plan, model, data)
+    def _prepare(self, plan, model, data, problem_for, k: int) -> Prepared:
+        """The problem of the placed blocks (`blocks`, per-star matrices of size
+        ``k + 1``) with the fixed latents padded and placed alike; its state
+        holds ``(blocks, chunk size, padded stars, latent size)``."""
+        blocks, n, n_pad, size = self.blocks(plan, model, data, k)
         dtype = blocks[0].values.dtype
         z_fixed = plan.fixed.get(LATENTS)
         if z_fixed is not None:
@@ -239,14 +242,17 @@ class Local(Backend):
             params=params,
             observed=tuple(int(count_observed((b,))) for b in blocks),
             n_stars=n,
-            state=(blocks, size, plan.k),
+            state=(blocks, size, n_pad, plan.k),
         )
+
+    def prepare(self, plan, model, data, problem_for) -> Prepared:
+        return self._prepare(plan, model, data, problem_for, plan.k)
 
     def start(self, prepared: Prepared) -> tuple:
         problem, params = prepared.problem, prepared.params
         if not any(s.A_free for s in problem.specs):
             return params
-        blocks, size, k = prepared.state
+        blocks, size, _, k = prepared.state
         z0 = problem.fixed_latents
         if z0 is None:  # on the default device, from the caller's arrays
             z0 = pca_latents(blocks, k, size)
@@ -292,22 +298,11 @@ class Local(Backend):
 
     # The variational EM of quadratic outputs (`pollux.core.vem`).
     def vem_prepare(self, plan, model, data, problem_for) -> Prepared:
-        blocks, n, n_pad, size = self.blocks(plan, model, data, n_features(plan.k) - 1)
-        dtype = blocks[0].values.dtype
-        z_fixed = plan.fixed.get(LATENTS)
-        if z_fixed is not None:
-            z_fixed = self.place(pad_rows(on_device(z_fixed, dtype), n_pad, 0.0))
-        problem, params = problem_for(self.place(blocks), size, z_fixed)
-        return Prepared(
-            problem=self.for_devices(problem),
-            params=params,
-            observed=tuple(int(count_observed((b,))) for b in blocks),
-            n_stars=n,
-            state=n_pad,
-        )
+        k = n_features(plan.k) - 1
+        return self._prepare(plan, model, data, problem_for, k)
 
     def vem_start(self, prepared: Prepared, params: tuple, mean, cov) -> vem.VState:
-        problem, n, n_pad = prepared.problem, prepared.n_stars, prepared.state
+        problem, n, n_pad = prepared.problem, prepared.n_stars, prepared.state[2]
         k, dtype = problem.k, problem.blocks[0].values.dtype
         if problem.fixed_latents is not None:
             prec = self.place(jnp.zeros((n_pad, k, k), dtype))
