@@ -553,3 +553,67 @@ def test_shared_data_sizes(pre_data):
     # the sizes above must follow the shared fixture
     assert pre_data["flux"].shape == (N_STARS, N_FLUX)
     assert pre_data["label"].shape == (N_STARS, N_LABELS)
+
+
+# custom_model -------------------------------------------------------------------
+
+
+def test_custom_model_learns_its_own_site(latent_problem):
+    """A site added by ``custom_model`` (the zero point ``c`` of an extra
+    measurement ``m = z₀ + c`` of each star) is fitted jointly with the latents:
+    the MAP equals the dense solve of the joint linear-Gaussian problem, and it
+    recovers the true ``c`` within its posterior error."""
+    model, data, A, _ = latent_problem
+    n, k = N_STARS, N_LATENTS
+    rng = np.random.default_rng(5)
+    y = np.asarray(data["flux"].data)
+    err = np.asarray(data["flux"].err)
+    # the stars' true latents are unknown here; m measures their MAP latents' scale
+    c_true, sigma_m = 2.5, 0.3
+    z_hint = np.linalg.lstsq(A, y.T, rcond=None)[0].T
+    m = z_hint[:, 0] + c_true + sigma_m * rng.normal(size=n)
+
+    def zero_point(latents, params, data_):
+        assert data_ is data and set(params) == {"flux"}
+        c = numpyro.sample("c", dist.Normal(0.0, 10.0))
+        like = dist.Normal(latents[:, 0] + c, sigma_m).log_prob(jnp.asarray(m))
+        numpyro.factor("m:loglike", like.sum())
+
+    params, _ = model.optimize(
+        data,
+        num_steps=4000,
+        rng_key=jax.random.PRNGKey(0),
+        optimizer=adam(0.02),
+        fixed_params={"flux": {"A": A}},
+        custom_model=zero_point,
+        svi_run_kwargs=QUIET,
+    )
+    # dense solve of the joint problem in x = (z_1, ..., z_n, c)
+    lam = 1.0 / err**2
+    P = np.zeros((n * k + 1, n * k + 1))
+    rhs = np.zeros(n * k + 1)
+    for i in range(n):
+        s = slice(i * k, (i + 1) * k)
+        P[s, s] = np.eye(k) + A.T @ (lam[i][:, None] * A)
+        rhs[s] = A.T @ (lam[i] * y[i])
+        P[i * k, i * k] += 1 / sigma_m**2
+        P[i * k, -1] = P[-1, i * k] = 1 / sigma_m**2
+        rhs[i * k] += m[i] / sigma_m**2
+        rhs[-1] += m[i] / sigma_m**2
+    P[-1, -1] = n / sigma_m**2 + 1 / 100.0
+    x = np.linalg.solve(P, rhs)
+    cov_c = np.linalg.inv(P)[-1, -1]
+    # float64; Adam has settled on this convex problem (seen: 6e-14, 2e-8)
+    np.testing.assert_allclose(float(params["c"]), x[-1], atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(params["latents"]), x[:-1].reshape(n, k), atol=1e-6
+    )
+    assert abs(float(params["c"]) - c_true) < 4 * np.sqrt(cov_c)
+    assert "c" not in params["flux"]
+
+
+def test_custom_model_must_be_callable(pre_data):
+    with pytest.raises(TypeError, match=r"optimize\(custom_model=\.\.\.\)"):
+        make_model().optimize(
+            pre_data, num_steps=1, rng_key=0, custom_model="not a function"
+        )

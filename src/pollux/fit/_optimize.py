@@ -58,13 +58,18 @@ def lux_numpyro_model(
     fixed: dict[str, Any],
     latent_dist: dist.Distribution,
     n: int,
+    custom_model: Any = None,
+    data: PolluxData | None = None,
 ) -> None:
-    """The Lux model: latents, transform parameters, masked Gaussian likelihoods."""
+    """The Lux model: latents, transform parameters, masked Gaussian likelihoods;
+    then ``custom_model(latents, params, data)``, which may add sites and factors
+    of its own (``params``: ``{output: {param: value}}`` of this draw)."""
     k = model.latent_size
     if LATENTS in fixed:
         z = fixed[LATENTS]
     else:
         z = numpyro.sample(LATENTS, latent_dist)
+    drawn: dict[str, dict[str, Any]] = {}
     for name in names:
         t = model.outputs[name]
         fx = fixed.get(name, {})
@@ -73,9 +78,12 @@ def lux_numpyro_model(
             for p, prior in t.expanded_priors(k, n).items()
         }
         params.update({p: v for p, v in fx.items() if p not in params})
+        drawn[name] = dict(params)
         s = params.pop(SCATTER, None)
         pred = t.apply(z, **params)
         numpyro.factor(f"{name}:loglike", gaussian_loglike(blocks[name], pred, s))
+    if custom_model is not None:
+        custom_model(z, drawn, data)
 
 
 def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, Any]:
@@ -201,6 +209,7 @@ def optimize_map(
     names: Any = None,
     latent_prior: Any = None,
     svi_run_kwargs: dict | None = None,
+    custom_model: Any = None,
 ):
     call = "LuxModel.optimize"
     data = check_data(data, call)
@@ -214,6 +223,12 @@ def optimize_map(
         svi_run_kwargs = {}
     if not isinstance(svi_run_kwargs, dict):
         msg = f"{call}(svi_run_kwargs=...): expected a dict, got {svi_run_kwargs!r}"
+        raise TypeError(msg)
+    if custom_model is not None and not callable(custom_model):
+        msg = (
+            f"{call}(custom_model=...): expected a function custom_model(latents, "
+            f"params, data) that adds numpyro sites or factors, got {custom_model!r}"
+        )
         raise TypeError(msg)
     n, k = len(data), model.latent_size
     fixed = check_params(model, fixed_params, n, call)
@@ -229,7 +244,7 @@ def optimize_map(
         lux_numpyro_model, init_loc_fn=partial(_init_from_values, values=values)
     )
     svi = SVI(lux_numpyro_model, guide, optimizer, Trace_ELBO())
-    args = (model, names, blocks, fixed, latent_dist, n)
+    args = (model, names, blocks, fixed, latent_dist, n, custom_model, data)
     result = svi.run(rng_key, num_steps, *args, **svi_run_kwargs)
     found = guide.median(result.params)
 
@@ -240,6 +255,9 @@ def optimize_map(
         if site == LATENTS:
             params[LATENTS] = value
             continue
-        output, _, pname = site.partition(":")
+        output, sep, pname = site.partition(":")
+        if not sep:  # a site of custom_model's own
+            params[site] = value
+            continue
         params.setdefault(output, {})[pname] = value
     return params, result

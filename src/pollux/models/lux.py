@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -150,6 +150,7 @@ class LuxModel:
         names: str | Iterable[str] | None = None,
         latent_prior: Any = None,
         svi_run_kwargs: dict | None = None,
+        custom_model: Callable[[Any, dict, PolluxData], None] | None = None,
     ) -> tuple[dict[str, Any], Any]:
         """Maximum a posteriori fit with numpyro (AutoDelta guide, SVI).
 
@@ -173,12 +174,46 @@ class LuxModel:
             A distribution for the latents, None (unit Normal) or False (flat).
         svi_run_kwargs
             Passed to ``numpyro.infer.SVI.run`` (e.g. ``{"progress_bar": False}``).
+        custom_model
+            ``custom_model(latents, params, data)``, called inside the numpyro
+            model after the outputs' likelihoods, with this draw's latents
+            ``(N, K)``, parameters ``{output: {param: value}}`` and ``data``: it
+            may add ``numpyro.sample`` sites and ``numpyro.factor`` terms of its
+            own (the same hook as upstream pollux 0.1.0). Its sites are fitted
+            with the rest and returned at the top level of ``params``.
 
         Returns
         -------
         params, svi_result
-            ``{output: {param: array}, "latents": (N, K)}`` (fixed ones included)
-            and numpyro's ``SVIRunResult`` (``.losses``).
+            ``{output: {param: array}, "latents": (N, K)}`` (fixed ones included,
+            and the sites of ``custom_model``) and numpyro's ``SVIRunResult``
+            (``.losses``).
+
+        Examples
+        --------
+        A zero point ``c`` shared by all stars, learned from an extra measurement
+        ``m = z₀ + c`` of each star (here with the latents held fixed):
+
+        >>> import jax, numpy as np, numpyro, numpyro.distributions as dist
+        >>> import pollux as plx
+        >>> from pollux.models.transforms import LinearTransform
+        >>> obs, truth = plx.datasets.make_simulated_linear_data(
+        ...     n_stars=50, n_latents=2, n_labels=2, n_flux=8, rng=0)
+        >>> data = plx.data.PolluxData(
+        ...     flux=plx.data.OutputData(obs["flux"], err=obs["flux_err"]))
+        >>> model = plx.LuxModel(latent_size=2)
+        >>> model.register_output("flux", LinearTransform(output_size=8))
+        >>> z = truth["latents"]
+        >>> m = z[:, 0] + 3.0
+        >>> def zero_point(latents, params, data):
+        ...     c = numpyro.sample("c", dist.Normal(0.0, 10.0))
+        ...     numpyro.factor("m", dist.Normal(latents[:, 0] + c, 0.1).log_prob(m).sum())
+        >>> params, _ = model.optimize(
+        ...     data, 2000, jax.random.PRNGKey(0), numpyro.optim.Adam(0.05),
+        ...     fixed_params={"latents": z}, custom_model=zero_point,
+        ...     svi_run_kwargs={"progress_bar": False})
+        >>> round(float(params["c"]), 2)
+        3.0
         """
         return optimize_map(
             self,
@@ -190,6 +225,7 @@ class LuxModel:
             names=names,
             latent_prior=latent_prior,
             svi_run_kwargs=svi_run_kwargs,
+            custom_model=custom_model,
         )
 
     def fit(

@@ -479,6 +479,8 @@ class DaskVEMPasses(_ChunkPasses):
         _, kept = self.runner.run(_w_extrapolate, alpha, states=(t0, t1, t2))
         return kept
 
+    squarem_sweeps = staticmethod(vem.squarem_sweeps)
+
     @staticmethod
     def select(ok, a: Any, b: Any) -> Any:
         return a if bool(ok) else b
