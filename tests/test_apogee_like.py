@@ -334,3 +334,84 @@ def test_bound_is_the_inverse_fisher_matrix_of_the_noise_recipe(sample, emulator
     )
     with pytest.raises(ValueError, match=r"apogee_like_bound\(flux_err=...\)"):
         apogee_like_bound(truth, obs["flux_err"][:3])
+
+
+# observed=True: un-normalised, observed-frame spectra -------------------------------
+
+
+@pytest.fixture(scope="module")
+def observed(sample):
+    """The first 60 stars of ``sample``'s seed, both ways."""
+    return apogee_like(60, seed=SEED), apogee_like(60, seed=SEED, observed=True)
+
+
+def test_observed_keeps_the_stars_and_their_snr(observed):
+    (rest_obs, rest), (obs, truth) = observed
+    for key in ("label", "snr", "vmacro", "table_index", "unreported_pixels"):
+        np.testing.assert_array_equal(truth[key], rest[key])
+    np.testing.assert_array_equal(obs["label"], rest_obs["label"])
+    np.testing.assert_array_equal(truth["flux"], rest["flux"])  # normalised, at rest
+    # the reported errors are the rest-frame draws scaled by the continuum
+    both = np.isfinite(obs["flux_err"]) & np.isfinite(rest_obs["flux_err"])
+    ratio = obs["flux_err"][both] / truth["continuum"][both]
+    np.testing.assert_allclose(ratio, rest_obs["flux_err"][both], rtol=1e-12)
+    # the random bad pixels stay bad; more are missing only at the detectors' ends
+    assert np.all(truth["bad_pixels"] >= rest["bad_pixels"])
+    extra = truth["bad_pixels"] & ~rest["bad_pixels"]
+    assert np.array_equal(extra, np.isnan(truth["flux_observed"]) & ~rest["bad_pixels"])
+
+
+def test_observed_noise_is_the_reported_error_off_the_unreported_pixels(observed):
+    _, (obs, truth) = observed
+    z = (obs["flux"] - truth["flux_observed"]) / obs["flux_err"]
+    z = np.delete(z, truth["unreported_pixels"], axis=1)
+    z = z[np.isfinite(z)]
+    # ~400,000 draws: the std of a unit Normal's sample std is ~1e-3
+    assert abs(np.std(z) - 1.0) < 0.01 and abs(np.mean(z)) < 0.01
+
+
+def test_observed_velocities_and_continua(observed):
+    _, (_, truth) = observed
+    rv, cont = truth["rv"], truth["continuum"]
+    assert rv.shape == (60,) and np.all(np.abs(rv) <= 150.0) and np.std(rv) > 20.0
+    assert cont.shape == (60, N_PIX) and np.all(cont > 0)
+    # smooth within each detector: pixel-to-pixel changes far below the noise
+    chips = [slice(0, 2920), slice(2920, 5320), slice(5320, N_PIX)]
+    for chip in chips:
+        step = np.abs(np.diff(np.log(cont[:, chip]), axis=1))
+        assert step.max() < 1e-3
+    # stars differ in level (50 to 5,000) and shape
+    assert np.ptp(np.log(np.median(cont, axis=1))) > 2.0
+    # a shift of δ pixels (24 at 100 km/s) leaves |δ| of each detector's pixels
+    # uncovered, give or take the cubic stencil's reach (1 or 2 pixels per end)
+    delta = np.log10(1 + rv / 299_792.458) / 6e-6
+    lost = np.isnan(truth["flux_observed"]).sum(axis=1)
+    assert np.all(np.abs(lost - 3 * np.abs(delta)) <= 3 * 3)
+
+
+def test_doppler_shift_against_a_smooth_function():
+    """Cubic convolution reproduces a shifted smooth spectrum to O(h⁴)."""
+    from pollux.datasets import C_KMS, doppler_shift
+
+    log_step, n = 6e-6, 400
+    log_lam = 4.2 + log_step * np.arange(n)
+    period = 40 * log_step  # lines some 40 pixels apart, well sampled
+
+    def spectrum(x):
+        return 1.0 - 0.3 * np.cos(2 * np.pi * x / period) ** 2
+
+    v = np.array([-123.4, 0.0, 17.0, 88.8])
+    shifted = doppler_shift(
+        np.broadcast_to(spectrum(log_lam), (4, n)), v, log_step, [slice(0, n)]
+    )
+    expected = spectrum(log_lam[None] - np.log10(1 + v / C_KMS)[:, None])
+    ok = np.isfinite(shifted)
+    assert ok.sum(axis=1).min() > n - 2 * 24
+    # 40 pixels a period: cubic convolution errs by ~(2π/40)³·0.3/8 ≈ 1.5e-4
+    assert np.abs(shifted[ok] - expected[ok]).max() < 5e-4
+    np.testing.assert_array_equal(shifted[1], spectrum(log_lam))  # v = 0: exact
+
+
+def test_observed_must_be_a_bool():
+    with pytest.raises(TypeError, match=r"apogee_like\(observed=\.\.\.\)"):
+        apogee_like(5, seed=0, observed="yes")

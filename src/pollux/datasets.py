@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._params import check_nonnegative_int, check_positive_int
+from .readers._continuum import _chips
 
 __all__ = [
     "apogee_like",
@@ -308,11 +309,94 @@ def _dwarf_draws(
     return is_dwarf, dwarf_labels(side, table, n)
 
 
+C_KMS = 299_792.458  # speed of light [km/s]
+_RV_SIGMA = 50.0  # km/s, spread of the radial velocities (clipped at ±3σ)
+_CHIP_RESPONSE = (0.75, 1.0, 0.85)  # relative throughput of the three detectors
+
+
+def cubic_weights(t: np.ndarray) -> np.ndarray:
+    """``(..., 4)`` weights of the samples at offsets -1, 0, 1, 2 of Keys' cubic
+    convolution (a = -1/2) at fractional positions ``t`` in [0, 1): exact for
+    quadratics, continuous first derivative.
+
+    >>> cubic_weights(np.array([0.0, 0.5])).round(4).tolist()
+    [[0.0, 1.0, 0.0, 0.0], [-0.0625, 0.5625, 0.5625, -0.0625]]
+    """
+    t = np.asarray(t, dtype=np.float64)[..., None]
+    x = np.abs(t - np.arange(-1, 3))  # distance to each of the four samples
+    a = -0.5
+    near = ((a + 2) * x - (a + 3)) * x**2 + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+
+def doppler_shift(
+    flux: np.ndarray, velocity: np.ndarray, log_step: float, chips: list[slice]
+) -> np.ndarray:
+    """Rest-frame spectra ``flux`` ``(n, n_pix)`` on a grid uniform in
+    ``log10 λ`` (step ``log_step``, contiguous within each of ``chips``) seen at
+    radial velocities ``velocity`` ``(n,)`` [km/s]: each observed pixel ``λ`` takes
+    the rest-frame flux at ``λ / (1 + v/c)``, by cubic convolution
+    (`cubic_weights`) within its chip; NaN where that needs pixels beyond the chip.
+
+    On such a grid the shift is the same number of pixels,
+    ``δ = log10(1 + v/c) / log_step``, everywhere.
+
+    >>> f = np.arange(10.0)[None] ** 2
+    >>> v = np.array([C_KMS * (10 ** (0.5 * 1e-5) - 1)])  # half a pixel of 1e-5 dex
+    >>> doppler_shift(f, v, 1e-5, [slice(0, 10)])[0, 2:5].round(6).tolist()
+    [2.25, 6.25, 12.25]
+    """
+    flux = np.asarray(flux, dtype=np.float64)
+    delta = np.log10(1.0 + np.asarray(velocity, dtype=np.float64) / C_KMS) / log_step
+    base = np.floor(-delta).astype(int)  # rest pixel of observed pixel i: i + base + t
+    w = cubic_weights(-delta - base)  # (n, 4)
+    out = np.full_like(flux, np.nan)
+    offsets = np.arange(-1, 3)
+    for chip in chips:
+        i = np.arange(chip.start, chip.stop)
+        for row, (b, weights) in enumerate(zip(base, w, strict=True)):
+            src = i[:, None] + b + offsets  # (pixels, 4)
+            inside = (src >= chip.start) & (src < chip.stop)
+            ok = np.all(inside | (weights == 0), axis=1)  # samples that count
+            src = np.clip(src[ok], chip.start, chip.stop - 1)
+            out[row, i[ok]] = flux[row, src] @ weights
+    return out
+
+
+def _observed_frame(
+    seed: int, label: np.ndarray, wavelength: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Radial velocities and continua of the stars, from a generator of their own
+    (so that ``observed=True`` keeps every other draw of the seed): per star a
+    velocity ``N(0, 50)`` km/s clipped at ±150, a flux level log-uniform on
+    [50, 5000], and per detector the instrument's response (a shared throughput
+    and a gentle quadratic blaze) times ``exp(a₁T₁ + a₂T₂ + a₃T₃)``, Chebyshev
+    polynomials across the chip whose slope follows the star's Teff."""
+    side = np.random.default_rng([seed, 2])
+    n = len(label)
+    rv = np.clip(_RV_SIGMA * side.standard_normal(n), -3 * _RV_SIGMA, 3 * _RV_SIGMA)
+    level = np.exp(side.uniform(np.log(50.0), np.log(5000.0), n))
+    chips = _chips(wavelength, apogee=False)
+    continuum = np.empty((n, wavelength.size))
+    for chip, response in zip(chips, _CHIP_RESPONSE, strict=True):
+        x = np.linspace(-1.0, 1.0, chip.stop - chip.start)
+        blaze = response * (1.0 - 0.12 * x**2 + side.uniform(-0.05, 0.05) * x)
+        slope = -0.06 * (label[:, 0] - 4500.0) / 1000.0 + 0.03 * side.standard_normal(n)
+        a2 = 0.02 * side.standard_normal(n)
+        a3 = 0.01 * side.standard_normal(n)
+        shape = slope[:, None] * x + a2[:, None] * (2 * x**2 - 1)
+        shape += a3[:, None] * (4 * x**3 - 3 * x)
+        continuum[:, chip] = level[:, None] * blaze * np.exp(shape)
+    return {"rv": rv, "continuum": continuum, "chips": chips}
+
+
 def apogee_like(
     n_stars: int,
     *,
     seed: int,
     dwarfs: float = 0.0,
+    observed: bool = False,
     data_dir: str | os.PathLike[str] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Realistic APOGEE-like red-giant spectra with labels, errors and known defects.
@@ -342,6 +426,17 @@ def apogee_like(
     positions (their labels and places come from a second generator; ``dwarfs=0``
     gives exactly the giants-only data set of a seed).
 
+    With ``observed=True`` the same stars come as a survey delivers them,
+    un-normalised and in the observed frame, on the same pixel grid (now observed
+    wavelengths): each star's spectrum is seen at a radial velocity ``v ~ N(0,
+    50)`` km/s (clipped at ±150; `doppler_shift`, which leaves the pixels whose
+    rest wavelength lies beyond their detector missing) and multiplied by a smooth
+    positive continuum per detector (`_observed_frame`: the instrument's response
+    times a stellar shape, flux levels from 50 to 5,000). The reported errors and
+    the unreported noise scale with the continuum, so each star's SNR is kept; the
+    noise draws are those of ``observed=False``. ``truth`` then holds two more
+    ``(n_stars, 7214)`` float64 arrays.
+
     All draws come from ``numpy.random.default_rng(seed)``: a seed gives the same
     data set every time. Make the train and test sets from one call, by slicing.
     10,000 stars take about 6 s of CPU time (half of it the emulator) and 2 GB of
@@ -355,6 +450,9 @@ def apogee_like(
         Non-negative int seed.
     dwarfs
         Fraction of dwarfs and subgiants, in [0, 1] (default 0: giants only).
+    observed
+        Un-normalised, observed-frame spectra (default False: continuum-normalised
+        and at rest).
     data_dir
         Directory holding ``NN_normalized_spectra.npz``, ``dr17_giant_labels.npz``
         and ``apogee_wavelength.npz``; default ``$POLLUX_DATA_DIR`` if set, else
@@ -372,7 +470,10 @@ def apogee_like(
         row of the label table; -1 for a dwarf); ``dwarf`` (n_stars,) bool;
         ``bad_pixels`` (n_stars, 7214) bool;
         ``unreported_pixels`` (150,) sorted pixel indices and ``unreported_sigma``
-        (150,) their extra noise.
+        (150,) their extra noise. With ``observed=True`` also ``rv`` (n_stars,)
+        [km/s], ``continuum`` (n_stars, 7214) and ``flux_observed`` (the
+        noise-free observed spectra, NaN where the shift leaves a pixel
+        uncovered); ``flux`` stays the normalised rest-frame spectra.
 
     Examples
     --------
@@ -429,6 +530,13 @@ def apogee_like(
         raise ValueError(msg)
     flux = np.empty_like(true_flux)
     flux_err = np.empty_like(true_flux)
+    if not isinstance(observed, bool):
+        msg = f"apogee_like(observed=...): expected True or False, got {observed!r}"
+        raise TypeError(msg)
+    if observed:
+        frame = _observed_frame(seed, label, wavelength)
+        log_step = float(np.median(np.diff(np.log10(wavelength))))
+        seen = np.empty_like(true_flux)
     bad = np.zeros(true_flux.shape, dtype=bool)
     for start in range(0, n_stars, _CHUNK):  # drawn into the outputs, chunk by chunk
         rows = slice(start, min(start + _CHUNK, n_stars))
@@ -438,13 +546,24 @@ def apogee_like(
         err += 0.8
         err /= snr[rows, None]
         rng.standard_normal(out=obs_flux)
+        extra = unreported_sigma * rng.standard_normal((len(obs_flux), _N_UNREPORTED))
+        if observed:
+            cont = frame["continuum"][rows]
+            seen[rows] = cont * doppler_shift(
+                true_flux[rows], frame["rv"][rows], log_step, frame["chips"]
+            )
+            err *= cont
+            extra *= cont[:, unreported]
+            mean = seen[rows]
+        else:
+            mean = true_flux[rows]
         obs_flux *= err
-        obs_flux += true_flux[rows]
-        obs_flux[:, unreported] += unreported_sigma * rng.standard_normal(
-            (len(obs_flux), _N_UNREPORTED)
-        )
+        obs_flux += mean
+        obs_flux[:, unreported] += extra
         for row in bad_rows:  # 72 different pixels per star
             row[rng.choice(n_pix, size=_N_BAD, replace=False)] = True
+        if observed:
+            bad_rows |= np.isnan(mean)  # rest wavelength beyond its detector
         obs_flux[bad_rows] = np.nan
         err[bad_rows] = np.inf
 
@@ -467,6 +586,8 @@ def apogee_like(
         "unreported_pixels": unreported,
         "unreported_sigma": unreported_sigma,
     }
+    if observed:
+        truth.update(rv=frame["rv"], continuum=frame["continuum"], flux_observed=seen)
     return obs, truth
 
 
