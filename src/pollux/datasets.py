@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._params import check_nonnegative_int, check_positive_int
+from .observation import C_KMS
 from .readers._continuum import _chips
 
 __all__ = [
@@ -309,7 +310,6 @@ def _dwarf_draws(
     return is_dwarf, dwarf_labels(side, table, n)
 
 
-C_KMS = 299_792.458  # speed of light [km/s]
 _RV_SIGMA = 50.0  # km/s, spread of the radial velocities (clipped at ±3σ)
 _CHIP_RESPONSE = (0.75, 1.0, 0.85)  # relative throughput of the three detectors
 

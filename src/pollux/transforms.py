@@ -217,6 +217,15 @@ class AbstractTransform(eqx.Module):
         """Raise if this transform cannot take inputs of ``input_size``."""
         del input_size
 
+    def start_params(
+        self, input_size: int, n_stars: int | None = None
+    ) -> dict[str, Array]:
+        """Where `LuxModel.optimize` starts the parameters the transform names
+        (the others start at their prior's median, from a few random draws): none
+        by default."""
+        del input_size, n_stars
+        return {}
+
     def apply(
         self, latents: Float[Array, "n_stars n_in"], **params: Array
     ) -> Float[Array, "n_stars n_out"]:
@@ -567,6 +576,18 @@ class TransformSequence(AbstractTransform):
 
     def check_input_size(self, input_size: int) -> None:
         self.transforms[0].check_input_size(input_size)
+
+    def start_params(
+        self, input_size: int, n_stars: int | None = None
+    ) -> dict[str, Array]:
+        out: dict[str, Array] = {}
+        prev = input_size
+        for i, t in enumerate(self.transforms):
+            out.update(
+                {f"{i}:{k}": v for k, v in t.start_params(prev, n_stars).items()}
+            )
+            prev = t.output_size
+        return out
 
     def param_shape_specs(self) -> dict[str, ShapeSpec]:
         """Member specs under ``"i:name"``, with each member's own sizes filled in

@@ -109,6 +109,11 @@ def _initial_values(model, names, blocks, fixed, latent_dist, n) -> dict[str, An
         values[LATENTS] = z
     if LATENTS in values and not bool(latent_dist.support.check(values[LATENTS]).all()):
         values.pop(LATENTS)
+    for name in names:  # the starts the transforms declare (`start_params`)
+        fx = fixed.get(name, {})
+        for p, v in model.outputs[name].start_params(k, n).items():
+            if p not in fx:
+                values[site_name(name, p)] = jnp.asarray(v, dtype)
     # Affine outputs with a free A: regression on those latents (flat ridge).
     todo = tuple(
         n_
