@@ -109,6 +109,7 @@ class DopplerTransform(AbstractTransform):
     """
 
     _shape_specs: ClassVar[dict[str, ShapeSpec]] = {"rv": ("n_stars",)}
+    wavelength: tuple[float, ...] = eqx.field(static=True)
     log_step: float = eqx.field(static=True)  # log10 λ per pixel
     chips: tuple[tuple[int, int], ...] = eqx.field(static=True)  # detectors' pixels
 
@@ -128,6 +129,7 @@ class DopplerTransform(AbstractTransform):
                 "such a grid first, e.g. pollux.readers.apogee_wavelength())"
             )
             raise ValueError(msg)
+        self.wavelength = tuple(wave.tolist())
         self.log_step = log_step
         self.chips = tuple((c.start, c.stop) for c in chips)
         super().__init__(wave.size, param_priors)
@@ -195,6 +197,7 @@ class ContinuumTransform(AbstractTransform):
     [1.5, 2.5]
     """
 
+    wavelength: tuple[float, ...] = eqx.field(static=True)
     degree: int = eqx.field(static=True)
     n_coeffs: int = eqx.field(static=True)
     basis: Float[Array, "d c"]  # T_k(u) of each pixel, in its detector's columns
@@ -212,6 +215,7 @@ class ContinuumTransform(AbstractTransform):
         if not 0 <= degree <= 10:
             msg = f"ContinuumTransform(degree=...): expected 0 to 10, got {degree}"
             raise ValueError(msg)
+        self.wavelength = tuple(wave.tolist())
         self.degree = int(degree)
         m = self.degree + 1
         basis = np.zeros((wave.size, len(chips) * m))

@@ -11,6 +11,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import numpyro  # noqa: E402
+import numpyro.distributions as dist  # noqa: E402
 import pytest  # noqa: E402
 
 import pollux as plx  # noqa: E402
@@ -123,3 +124,34 @@ def test_optimize_recovers_velocities_and_continua():
     assert np.max(np.abs(np.asarray(fitted["1:rv"]) - rv)) < 0.2
     np.testing.assert_allclose(np.asarray(fitted["2:coeffs"]), coeffs, atol=0.01)
     assert float(result.losses[-1]) < float(result.losses[0])
+
+
+def test_observation_transforms_round_trip_through_the_model_file_codec():
+    from pollux.io._codec import FileFormatError, decode, encode
+
+    wave = 15000.0 * 10 ** (LOG_STEP * np.arange(60))
+    t = TransformSequence(
+        AffineTransform(60),
+        DopplerTransform(wave, param_priors={"rv": dist.Normal(10.0, 30.0)}),
+        ContinuumTransform(wave, 3),
+    )
+    tree, arrays = encode({"flux": t}, "test")
+    back = decode(tree, arrays)["flux"]
+    assert back.param_shapes(4, 3) == t.param_shapes(4, 3)
+    assert back.transforms[1].wavelength == t.transforms[1].wavelength
+    assert float(back.transforms[1].param_priors["rv"].loc) == 10.0
+    rng = np.random.default_rng(0)
+    p = {
+        "0:A": rng.normal(size=(60, 4)),
+        "0:b": np.ones(60),
+        "1:rv": np.array([-5.0, 0.3, 40.0]),
+        "2:coeffs": rng.normal(size=(3, 4)),
+    }
+    x = rng.normal(size=(3, 4))
+    np.testing.assert_array_equal(
+        np.asarray(back.apply(x, **p)), np.asarray(t.apply(x, **p))
+    )
+    member = tree["flux"]["$transform"]["members"][2]
+    member["degree"] = 99
+    with pytest.raises(FileFormatError, match="degree"):
+        decode(tree, arrays)

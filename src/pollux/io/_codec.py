@@ -16,6 +16,7 @@ import numpy as np
 import numpyro.distributions as dist
 
 from ..data import AbstractPreprocessor, NullPreprocessor, ShiftScalePreprocessor
+from ..observation import ContinuumTransform, DopplerTransform
 from ..transforms import (
     AbstractTransform,
     AffineTransform,
@@ -31,6 +32,7 @@ _TRANSFORMS = {
     t.__name__: t
     for t in (LinearTransform, AffineTransform, QuadraticTransform, OffsetTransform)
 }
+_ON_A_GRID = {t.__name__: t for t in (ContinuumTransform, DopplerTransform)}
 _PRIORS = {
     d.__name__: d
     for d in (
@@ -154,11 +156,16 @@ class _Encoder:
             for k, p in t.param_priors.items()
         }
         name = type(t).__name__
+        if _ON_A_GRID.get(name) is type(t):  # built from a wavelength grid
+            grid = self.array(np.asarray(t.wavelength), f"{key}/wavelength")
+            extra = {"degree": t.degree} if isinstance(t, ContinuumTransform) else {}
+            return {"type": name, "wavelength": grid, **extra, "priors": priors}
         if _TRANSFORMS.get(name) is not type(t):
             msg = (
                 f"{self.call}: the transform {name} of {key} cannot be stored in a "
                 "model file (a model file holds no code, and this transform's "
-                f"function is code); storable transforms: {sorted(_TRANSFORMS)} "
+                "function is code); storable transforms: "
+                f"{sorted({*_TRANSFORMS, *_ON_A_GRID})} "
                 "and TransformSequence of them"
             )
             raise TypeError(msg)
@@ -262,6 +269,13 @@ class _Decoder:
                     self.transform(m) for m in _expect(spec["members"], list, kind)
                 ]
                 return TransformSequence(*members, param_priors=priors)
+            if kind in _ON_A_GRID:
+                grid = _expect(spec["wavelength"], dict, kind)
+                wave = self.array(_expect(grid.get("$array"), str, kind))
+                extra = {}
+                if kind == "ContinuumTransform":
+                    extra["degree"] = _count(spec["degree"], "degree", 10)
+                return _ON_A_GRID[kind](wave, **extra, param_priors=priors)
             if kind not in _TRANSFORMS:
                 raise FileFormatError(f"unknown transform {_short(kind)}")
             size = _count(spec["output_size"], "output_size", _MAX_SIZE, low=1)
