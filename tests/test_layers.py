@@ -26,9 +26,10 @@ LAYERS = {
     "core": {"_params"},
     "data": {"_params"},
     "transforms": {"_params", "core"},
-    "io": {"_params", "data", "transforms"},
+    "observation": {"_params", "core", "transforms"},
+    "io": {"_params", "data", "transforms", "observation"},
     "fit": {"_params", "core", "data", "transforms", "io"},
-    "models": {"_params", "core", "data", "transforms", "io", "fit"},
+    "models": {"_params", "core", "data", "transforms", "observation", "io", "fit"},
 }
 
 

@@ -9,8 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._params import check_nonnegative_int, check_positive_int
-from .observation import C_KMS
-from .readers._continuum import _chips
+from .observation import C_KMS, detector_slices
 
 __all__ = [
     "apogee_like",
@@ -377,7 +376,7 @@ def _observed_frame(
     n = len(label)
     rv = np.clip(_RV_SIGMA * side.standard_normal(n), -3 * _RV_SIGMA, 3 * _RV_SIGMA)
     level = np.exp(side.uniform(np.log(50.0), np.log(5000.0), n))
-    chips = _chips(wavelength, apogee=False)
+    chips = detector_slices(wavelength)
     continuum = np.empty((n, wavelength.size))
     for chip, response in zip(chips, _CHIP_RESPONSE, strict=True):
         x = np.linspace(-1.0, 1.0, chip.stop - chip.start)

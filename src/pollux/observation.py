@@ -16,9 +16,9 @@ Both hold one set of parameters per star, so `LuxModel.optimize` fits them with
 the latents (the closed-form `fit` does not take them yet).
 
 >>> import jax.numpy as jnp
->>> import pollux as plx
+>>> from pollux.readers import apogee_wavelength
 >>> from pollux.transforms import LinearTransform, TransformSequence
->>> wave = plx.readers.apogee_wavelength()
+>>> wave = apogee_wavelength()
 >>> flux = TransformSequence(
 ...     LinearTransform(wave.size), DopplerTransform(wave), ContinuumTransform(wave))
 >>> flux.param_shapes(input_size=4, n_stars=10)
@@ -39,15 +39,28 @@ from jaxtyping import Array, ArrayLike, Float
 
 from .transforms import AbstractTransform, ShapeSpec
 
-__all__ = ["ContinuumTransform", "DopplerTransform"]
+__all__ = ["C_KMS", "ContinuumTransform", "DopplerTransform", "detector_slices"]
 
 C_KMS = 299_792.458  # speed of light [km/s]
 _GAP_FACTOR = 1.5  # a step this many times the median one separates two detectors
 
 
+def detector_slices(wavelength: ArrayLike) -> list[slice]:
+    """The pixel ranges of the detectors of an increasing wavelength grid: split
+    where a step in log λ exceeds `_GAP_FACTOR` times the median step.
+
+    >>> detector_slices([1.0, 1.1, 1.2, 2.0, 2.1])
+    [slice(0, 3, None), slice(3, 5, None)]
+    """
+    step = np.diff(np.log10(np.asarray(wavelength, dtype=np.float64)))
+    cuts = np.flatnonzero(step > _GAP_FACTOR * np.median(step)) + 1
+    return [
+        slice(a, b) for a, b in itertools.pairwise([0, *cuts.tolist(), step.size + 1])
+    ]
+
+
 def _grid(wavelength: ArrayLike, where: str) -> tuple[np.ndarray, list[slice]]:
-    """The wavelengths as float64 and the pixel ranges of their detectors (split
-    where a step exceeds `_GAP_FACTOR` times the median step)."""
+    """The wavelengths as float64 and their `detector_slices`, checked."""
     wave = np.asarray(wavelength, dtype=np.float64)
     if wave.ndim != 1 or wave.size < 8:
         msg = f"{where}: expected a 1-d wavelength grid of at least 8 pixels"
@@ -55,10 +68,7 @@ def _grid(wavelength: ArrayLike, where: str) -> tuple[np.ndarray, list[slice]]:
     if not np.all(np.isfinite(wave)) or np.any(wave <= 0) or np.any(np.diff(wave) <= 0):
         msg = f"{where}: wavelengths must be finite, positive and increasing"
         raise ValueError(msg)
-    step = np.diff(np.log10(wave))
-    cuts = np.flatnonzero(step > _GAP_FACTOR * np.median(step)) + 1
-    edges = [0, *cuts.tolist(), wave.size]
-    return wave, [slice(a, b) for a, b in itertools.pairwise(edges)]
+    return wave, detector_slices(wave)
 
 
 def _cubic_weights(t: Array) -> Array:
