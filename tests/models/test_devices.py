@@ -166,9 +166,12 @@ def test_sharded_quadratic_fit_equals_one_device(runs, fixed_latents, accelerate
     # stars completed over the devices, SQUAREM's step length included.
     by_devices = runs[f"quadratic/{fixed_latents}/{accelerate}"]
     one = by_devices["null"]
-    # SQUAREM's step length is a ratio of norms that the devices sum in another
-    # order; seen after 8 cycles: 1.1e-8 absolute on labels of order one.
-    atol = 1e-7 if accelerate else 1e-9
+    # The devices sum over stars in another order. SQUAREM's step length is a
+    # ratio of such sums; seen after 8 cycles: 1.1e-8 absolute on labels of
+    # order one. Plain sweeps: seen 8.7e-9 after 20 (a label of 0.007 on a 2-core
+    # x86 CPU, 2026-12-08; other CPUs gave under 1e-9). Both within 1e-7 of
+    # labels of order one, i.e. 1e-7 relative to the predictions' scale.
+    atol = 1e-7
     for devices in ("4", "3"):
         run = by_devices[devices]
         assert run["shape"] == one["shape"] == [40, 2]
