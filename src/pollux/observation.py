@@ -37,6 +37,7 @@ import numpy as np
 import numpyro.distributions as dist
 from jaxtyping import Array, ArrayLike, Float
 
+from ._params import SCATTER
 from .transforms import AbstractTransform, ShapeSpec
 
 __all__ = ["C_KMS", "ContinuumTransform", "DopplerTransform", "detector_slices"]
@@ -59,18 +60,6 @@ def detector_slices(wavelength: ArrayLike) -> list[slice]:
     ]
 
 
-def _grid(wavelength: ArrayLike, where: str) -> tuple[np.ndarray, list[slice]]:
-    """The wavelengths as float64 and their `detector_slices`, checked."""
-    wave = np.asarray(wavelength, dtype=np.float64)
-    if wave.ndim != 1 or wave.size < 8:
-        msg = f"{where}: expected a 1-d wavelength grid of at least 8 pixels"
-        raise ValueError(msg)
-    if not np.all(np.isfinite(wave)) or np.any(wave <= 0) or np.any(np.diff(wave) <= 0):
-        msg = f"{where}: wavelengths must be finite, positive and increasing"
-        raise ValueError(msg)
-    return wave, detector_slices(wave)
-
-
 def _cubic_weights(t: Array) -> Array:
     """``(..., 4)`` weights of Keys' cubic convolution (a = -1/2) for the samples
     at offsets -1, 0, 1, 2 of fractional positions ``t`` in [0, 1)."""
@@ -81,13 +70,43 @@ def _cubic_weights(t: Array) -> Array:
     return jnp.where(x <= 1, near, jnp.where(x < 2, far, 0.0))
 
 
-def _prior_means(t: AbstractTransform, input_size: int, n_stars: int | None) -> dict:
-    """The means of ``t``'s expanded priors (``s`` left out)."""
-    priors = t.expanded_priors(input_size, n_stars)
-    return {k: jnp.asarray(p.mean) for k, p in priors.items() if k != "s"}
+class _OnAGrid(AbstractTransform):
+    """A transform of spectra on a wavelength grid, pixel for pixel (its input
+    size is its output size), whose parameters start at their priors' means."""
+
+    wavelength: tuple[float, ...] = eqx.field(static=True)
+
+    def _set_grid(self, wavelength: ArrayLike) -> tuple[np.ndarray, list[slice]]:
+        """Check ``wavelength`` and keep it; its float64 values and
+        `detector_slices`."""
+        where = f"{type(self).__name__}(wavelength=...)"
+        wave = np.asarray(wavelength, dtype=np.float64)
+        if wave.ndim != 1 or wave.size < 8:
+            msg = f"{where}: expected a 1-d wavelength grid of at least 8 pixels"
+            raise ValueError(msg)
+        finite = np.all(np.isfinite(wave)) and np.all(wave > 0)
+        if not finite or np.any(np.diff(wave) <= 0):
+            msg = f"{where}: wavelengths must be finite, positive and increasing"
+            raise ValueError(msg)
+        self.wavelength = tuple(wave.tolist())
+        return wave, detector_slices(wave)
+
+    def start_params(self, input_size: int, n_stars: int | None = None):
+        """The priors' means (a random draw of a velocity would start stars
+        whole lines away from theirs)."""
+        priors = self.expanded_priors(input_size, n_stars)
+        return {k: jnp.asarray(p.mean) for k, p in priors.items() if k != SCATTER}
+
+    def check_input_size(self, input_size: int) -> None:
+        if input_size != self.output_size:
+            msg = (
+                f"{type(self).__name__}: input size {input_size} must equal the "
+                f"{self.output_size} pixels of its wavelength grid"
+            )
+            raise ValueError(msg)
 
 
-class DopplerTransform(AbstractTransform):
+class DopplerTransform(_OnAGrid):
     r"""The input spectra, at rest, seen at each star's radial velocity ``rv``.
 
     On a grid uniform in :math:`\log\lambda` within each detector (APOGEE's, for
@@ -119,7 +138,6 @@ class DopplerTransform(AbstractTransform):
     """
 
     _shape_specs: ClassVar[dict[str, ShapeSpec]] = {"rv": ("n_stars",)}
-    wavelength: tuple[float, ...] = eqx.field(static=True)
     log_step: float = eqx.field(static=True)  # log10 λ per pixel
     chips: tuple[tuple[int, int], ...] = eqx.field(static=True)  # detectors' pixels
 
@@ -128,7 +146,7 @@ class DopplerTransform(AbstractTransform):
         wavelength: ArrayLike,
         param_priors: Mapping[str, dist.Distribution] | None = None,
     ):
-        wave, chips = _grid(wavelength, "DopplerTransform(wavelength=...)")
+        wave, chips = self._set_grid(wavelength)
         step = np.diff(np.log10(wave))
         within = np.concatenate([step[c.start : c.stop - 1] for c in chips])
         log_step = float(np.median(within))
@@ -139,26 +157,12 @@ class DopplerTransform(AbstractTransform):
                 "such a grid first, e.g. pollux.readers.apogee_wavelength())"
             )
             raise ValueError(msg)
-        self.wavelength = tuple(wave.tolist())
         self.log_step = log_step
         self.chips = tuple((c.start, c.stop) for c in chips)
         super().__init__(wave.size, param_priors)
 
     def _default_priors(self) -> dict[str, dist.Distribution]:
         return {"rv": dist.Normal(0.0, 100.0)}
-
-    def start_params(self, input_size: int, n_stars: int | None = None):
-        """The prior's mean velocity (a random draw would start stars whole
-        lines away from their velocity)."""
-        return _prior_means(self, input_size, n_stars)
-
-    def check_input_size(self, input_size: int) -> None:
-        if input_size != self.output_size:
-            msg = (
-                f"DopplerTransform: input size {input_size} must equal the "
-                f"{self.output_size} pixels of its wavelength grid"
-            )
-            raise ValueError(msg)
 
     def apply(self, latents: Float[Array, "n d"], **params: Array) -> Array:
         x = latents
@@ -176,7 +180,7 @@ class DopplerTransform(AbstractTransform):
         return jnp.concatenate(out, axis=1)
 
 
-class ContinuumTransform(AbstractTransform):
+class ContinuumTransform(_OnAGrid):
     r"""The input spectra times a smooth positive continuum of each star.
 
     Per star :math:`n` and detector :math:`c`,
@@ -207,7 +211,6 @@ class ContinuumTransform(AbstractTransform):
     [1.5, 2.5]
     """
 
-    wavelength: tuple[float, ...] = eqx.field(static=True)
     degree: int = eqx.field(static=True)
     n_coeffs: int = eqx.field(static=True)
     basis: Float[Array, "d c"]  # T_k(u) of each pixel, in its detector's columns
@@ -218,14 +221,13 @@ class ContinuumTransform(AbstractTransform):
         degree: int = 2,
         param_priors: Mapping[str, dist.Distribution] | None = None,
     ):
-        wave, chips = _grid(wavelength, "ContinuumTransform(wavelength=...)")
+        wave, chips = self._set_grid(wavelength)
         if isinstance(degree, bool) or not isinstance(degree, (int, np.integer)):
             msg = f"ContinuumTransform(degree=...): expected an int, got {degree!r}"
             raise TypeError(msg)
         if not 0 <= degree <= 10:
             msg = f"ContinuumTransform(degree=...): expected 0 to 10, got {degree}"
             raise ValueError(msg)
-        self.wavelength = tuple(wave.tolist())
         self.degree = int(degree)
         m = self.degree + 1
         basis = np.zeros((wave.size, len(chips) * m))
@@ -246,18 +248,6 @@ class ContinuumTransform(AbstractTransform):
         m = self.degree + 1
         loc = np.tile(np.eye(1, m)[0], self.n_coeffs // m)
         return {"coeffs": dist.Normal(jnp.asarray(loc), 1.0)}
-
-    def start_params(self, input_size: int, n_stars: int | None = None):
-        """The prior's mean coefficients (by default a flat continuum of 1)."""
-        return _prior_means(self, input_size, n_stars)
-
-    def check_input_size(self, input_size: int) -> None:
-        if input_size != self.output_size:
-            msg = (
-                f"ContinuumTransform: input size {input_size} must equal the "
-                f"{self.output_size} pixels of its wavelength grid"
-            )
-            raise ValueError(msg)
 
     def continuum(self, coeffs: Float[Array, "n c"]) -> Float[Array, "n d"]:
         """Each star's continuum on the grid."""
